@@ -1,0 +1,289 @@
+"""The pipeline behind the public API and the CLI: task → original → unlearn → oracle → evaluate → report.
+
+Everything a user can get wrong (task, method, forget spec, config keys and values, device) is
+validated before any training starts or any file is written.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from obliviate.config import as_dict, build_config
+from obliviate.errors import ConfigError, ObliviateError
+from obliviate.methods import Method, UnlearnContext, get_method
+from obliviate.metrics import Evaluation, avg_gap, gaps
+from obliviate.models.store import ModelStore, state_sha256
+from obliviate.oracle import retrain_oracle, train_original
+from obliviate.requests import ForgetRequest, resolve
+from obliviate.tasks import Task, get_task, task_class
+from obliviate.training import resolve_device, seed_everything, to_tensors
+
+RUN_SCHEMA = "obliviate.run/1"
+BENCH_SCHEMA = "obliviate.bench/1"
+PER_EXAMPLE_LIMIT = 5000
+
+
+@dataclass
+class RunResult:
+    model: torch.nn.Module
+    report: dict[str, Any]
+    original: torch.nn.Module | None = None
+    oracle: torch.nn.Module | None = None
+
+
+# -- validation and routing of --set keys ---------------------------------------------------------------
+
+def route_overrides(task_name: str, method_names: Iterable[str], overrides: dict[str, Any]):
+    """Split ``--set`` pairs into task options, ``train.*`` recipe keys and per-method config values.
+
+    ``method.key=v`` targets one method; an unprefixed key goes to every method that has it. A key that
+    nothing accepts is an error naming the valid keys.
+    """
+    method_names = list(method_names)
+    tcls = task_class(task_name)
+    task_keys = {f.name for f in dataclasses.fields(tcls.options_class)}
+    method_keys = {m: {f.name for f in dataclasses.fields(get_method(m).config_class)} for m in method_names}
+    task_opts: dict[str, Any] = {}
+    recipe: dict[str, Any] = {}
+    per_method: dict[str, dict[str, Any]] = {m: {} for m in method_names}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head == "train" and rest:
+            recipe[rest] = value
+        elif rest and head in per_method:
+            if rest not in method_keys[head]:
+                raise ConfigError(f"unknown {head} key {rest!r}; valid keys: {', '.join(sorted(method_keys[head])) or 'none'}")
+            per_method[head][rest] = value
+        elif key in task_keys:
+            task_opts[key] = value
+        else:
+            takers = [m for m in method_names if key in method_keys[m]]
+            if not takers:
+                valid = sorted(task_keys | set().union(*method_keys.values())) + ["train.<recipe key>"]
+                raise ConfigError(f"unknown --set key {key!r}; valid keys: {', '.join(valid)}")
+            for m in takers:
+                per_method[m][key] = value
+    return task_opts, recipe, per_method
+
+
+def build_method(name: str, values: dict[str, Any], task: Task) -> Method:
+    cls = get_method(name)
+    if task.kind not in cls.kinds:
+        raise ObliviateError(f"method {name!r} does not apply to {task.kind} tasks (it applies to: "
+                             f"{', '.join(cls.kinds)}); see `obliviate methods`")
+    return cls(build_config(cls.config_class, values, prefix=f"{name}."))
+
+
+def _as_task(task: str | Task, options: dict[str, Any]) -> Task:
+    if isinstance(task, Task):
+        if options:
+            raise ConfigError("task options given for an already built task")
+        return task
+    return get_task(task, **options)
+
+
+# -- the pipeline -----------------------------------------------------------------------------------------
+
+def _context(task: Task, method: Method, original: torch.nn.Module, request: ForgetRequest,
+             recipe, seed: int, device: torch.device) -> UnlearnContext:
+    forget_ids = request.ids
+    retain_ids = np.setdiff1d(np.arange(task.n_train), forget_ids)
+    d = task.data
+    xf, yf = to_tensors(d.x_train[forget_ids], d.y_train[forget_ids], device)
+    xr, yr = to_tensors(d.x_train[retain_ids], d.y_train[retain_ids], device)
+    needs = method.needs
+    model = copy.deepcopy(original).to(device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return UnlearnContext(
+        task=task, model=model, original=original if "original" in needs else None,
+        x_forget=xf, y_forget=yf if "labels" in needs else None,
+        x_retain=xr if "retain" in needs else None,
+        y_retain=yr if ("retain" in needs and "labels" in needs) else None,
+        forget_ids=forget_ids, retain_ids=retain_ids, recipe=recipe, seed=seed, device=device)
+
+
+def _evaluate(task, model, forget_ids, retain_ids, seed, device, per_example: bool):
+    ev = Evaluation(task, model, forget_ids, retain_ids, seed=seed, device=device)
+    values = ev.compute()
+    return values, (ev.per_example() if per_example else None)
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+
+    from obliviate import __version__
+
+    return {"obliviate": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__}
+
+
+class Session:
+    """Shared state of one run or bench: the task, the store, the device; originals and oracles computed once."""
+
+    def __init__(self, task: Task, recipe, device: torch.device, store: ModelStore):
+        self.task, self.recipe, self.device, self.store = task, recipe, device, store
+        self._originals: dict[int, tuple] = {}
+        self._oracles: dict[tuple, tuple] = {}
+
+    def original(self, seed: int):
+        if seed not in self._originals:
+            model, meta = train_original(self.task, self.recipe, seed, self.device, self.store)
+            self._originals[seed] = (model, meta, None)
+        return self._originals[seed]
+
+    def oracle(self, seed: int, request: ForgetRequest):
+        key = (seed, request.sha256)
+        if key not in self._oracles:
+            retain_ids = np.setdiff1d(np.arange(self.task.n_train), request.ids)
+            self._oracles[key] = retrain_oracle(self.task, retain_ids, self.recipe, seed, self.device, self.store)
+        return self._oracles[key]
+
+    def run(self, method: Method, request: ForgetRequest, seed: int, with_oracle: bool = True,
+            evaluation_cache: dict | None = None) -> RunResult:
+        task = self.task
+        retain_ids = np.setdiff1d(np.arange(task.n_train), request.ids)
+        per_ex = request.n <= PER_EXAMPLE_LIMIT
+        original, orig_meta, _ = self.original(seed)
+        evaluation_cache = evaluation_cache if evaluation_cache is not None else {}
+
+        def cached_eval(role, model):
+            key = (role, seed, request.sha256)
+            if key not in evaluation_cache:
+                evaluation_cache[key] = _evaluate(task, model, request.ids, retain_ids, seed, self.device, per_ex)
+            return evaluation_cache[key]
+
+        ctx = _context(task, method, original, request, self.recipe, seed, self.device)
+        seed_everything(seed)
+        start = time.perf_counter()
+        model = method.unlearn(ctx)
+        unlearn_time = time.perf_counter() - start
+        model.eval()
+
+        metrics = {"original": cached_eval("original", original)[0]}
+        unlearned_metrics, unlearned_pe = _evaluate(task, model, request.ids, retain_ids, seed, self.device, per_ex)
+        metrics["unlearned"] = unlearned_metrics
+        per_example = {"original": cached_eval("original", original)[1], "unlearned": unlearned_pe}
+        time_s = {"train": orig_meta.get("train_time_s"), "unlearn": unlearn_time}
+        models = {"original": {"sha256": orig_meta["sha256"], "cached": orig_meta["cached"]},
+                  "unlearned": {"sha256": state_sha256(model)}}
+        oracle_model = None
+        gap: dict[str, float] = {}
+        avg = None
+        if with_oracle:
+            oracle_model, oracle_meta = self.oracle(seed, request)
+            metrics["oracle"], per_example["oracle"] = cached_eval("oracle", oracle_model)
+            time_s["oracle"] = oracle_meta.get("train_time_s")
+            models["oracle"] = {"sha256": oracle_meta["sha256"], "cached": oracle_meta["cached"]}
+            gap = gaps(metrics["unlearned"], metrics["oracle"])
+            avg = avg_gap(gap, task.kind)
+        report = {
+            "schema": RUN_SCHEMA, "task": task.name, "task_kind": task.kind,
+            "method": method.name, "guarantee": method.guarantee, "seed": seed, "device": self.device.type,
+            "forget": request.summary(), "retain": {"n": int(len(retain_ids))},
+            "config": as_dict(method.config), "train": as_dict(self.recipe),
+            "task_options": as_dict(task.options),
+            "metrics": metrics, "gap": gap, "avg_gap": avg, "time_s": time_s, "models": models,
+            "versions": _versions(),
+        }
+        if per_ex:
+            report["per_example"] = {"forget_ids": request.ids.tolist(),
+                                     **{k: v for k, v in per_example.items() if v is not None}}
+        return RunResult(model, report, original, oracle_model)
+
+
+def unlearn(task: str | Task, method: str | Method, forget: str = "random:0.1", *, seed: int = 0,
+            device: str = "cpu", oracle: bool = True, task_options: dict[str, Any] | None = None,
+            train: dict[str, Any] | None = None, cache_dir: str | None = None, use_cache: bool = True,
+            **config: Any) -> RunResult:
+    """Unlearn ``forget`` from ``task``'s model with ``method``; return the model and the run report.
+
+    >>> import obliviate
+    >>> result = obliviate.unlearn("digits", "finetune", "random:0.1", epochs=1)  # doctest: +SKIP
+    >>> result.report["guarantee"], round(result.report["avg_gap"], 3)              # doctest: +SKIP
+    ('approximate', 0.012)
+    """
+    task_obj = _as_task(task, task_options or {})
+    if isinstance(method, Method):
+        if config:
+            raise ConfigError("config values given for an already built method; build it with them instead")
+        method_obj = method
+        if task_obj.kind not in method_obj.kinds:
+            build_method(method_obj.name, {}, task_obj)  # raises the applicability error
+    else:
+        method_obj = build_method(method, config, task_obj)
+    recipe = task_obj.recipe(train)
+    request = resolve(forget, task_obj, seed)
+    dev = resolve_device(device)
+    session = Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache))
+    return session.run(method_obj, request, seed, with_oracle=oracle)
+
+
+def evaluate(task: str | Task, model: torch.nn.Module, forget: str | ForgetRequest = "random:0.1", *,
+             seed: int = 0, device: str = "cpu", task_options: dict[str, Any] | None = None) -> dict[str, float]:
+    """The task kind's metrics of ``model`` for the forget set ``forget`` (no training involved).
+
+    >>> import obliviate
+    >>> r = obliviate.unlearn("digits", "retrain", "class:3")                 # doctest: +SKIP
+    >>> obliviate.evaluate("digits", r.model, "class:3")["forget_acc"]       # doctest: +SKIP
+    0.0
+    """
+    task_obj = _as_task(task, task_options or {})
+    request = forget if isinstance(forget, ForgetRequest) else resolve(forget, task_obj, seed)
+    retain_ids = np.setdiff1d(np.arange(task_obj.n_train), request.ids)
+    dev = resolve_device(device)
+    return _evaluate(task_obj, model.to(dev), request.ids, retain_ids, seed, dev, False)[0]
+
+
+def bench(task: str | Task, methods: list[str], forget: str = "random:0.1", *, seeds: int | list[int] = 1,
+          device: str = "cpu", overrides: dict[str, Any] | None = None, cache_dir: str | None = None,
+          use_cache: bool = True, on_run=None) -> dict[str, Any]:
+    """Run several methods on the same forget request(s), the original and oracle computed once per seed."""
+    if not methods:
+        raise ObliviateError("--methods needs at least one method name")
+    task_name = task if isinstance(task, str) else task.name
+    task_opts, recipe_over, per_method = route_overrides(task_name, methods, overrides or {})
+    task_obj = _as_task(task, task_opts)
+    method_objs = [build_method(m, per_method[m], task_obj) for m in methods]
+    recipe = task_obj.recipe(recipe_over)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise ObliviateError("--seeds must be at least 1")
+    requests = {s: resolve(forget, task_obj, s) for s in seed_list}
+    session = Session(task_obj, recipe, resolve_device(device), ModelStore(cache_dir, enabled=use_cache))
+    runs, evaluations = [], {}
+    for s in seed_list:
+        for m in method_objs:
+            result = session.run(m, requests[s], s, with_oracle=True, evaluation_cache=evaluations)
+            runs.append(result.report)
+            if on_run is not None:
+                on_run(result.report)
+    return {"schema": BENCH_SCHEMA, "task": task_obj.name, "task_kind": task_obj.kind, "forget": forget,
+            "seeds": seed_list, "methods": methods, "runs": runs, "summary": summarize(runs)}
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method: mean and std over seeds of every unlearned metric, gap, avg_gap and time ratio."""
+    out = []
+    for name in dict.fromkeys(r["method"] for r in runs):
+        rs = [r for r in runs if r["method"] == name]
+        row: dict[str, Any] = {"method": name, "guarantee": rs[0]["guarantee"], "n_seeds": len(rs)}
+        for key in rs[0]["metrics"]["unlearned"]:
+            vals = np.array([r["metrics"]["unlearned"][key] for r in rs], float)
+            row[key] = float(vals.mean())
+            row[f"{key}_std"] = float(vals.std())
+        for key in ("avg_gap",):
+            vals = np.array([r[key] for r in rs if r[key] is not None], float)
+            row[key] = float(vals.mean()) if vals.size else None
+            row[f"{key}_std"] = float(vals.std()) if vals.size else None
+        ratios = [r["time_s"]["unlearn"] / r["time_s"]["oracle"] for r in rs if r["time_s"].get("oracle")]
+        row["unlearn_s"] = float(np.mean([r["time_s"]["unlearn"] for r in rs]))
+        row["time_ratio"] = float(np.mean(ratios)) if ratios else None
+        out.append(row)
+    return out

@@ -1,0 +1,228 @@
+"""``obliviate`` command line: a thin layer over :mod:`obliviate.api` (DESIGN.md, "Command line")."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from obliviate import api
+from obliviate.config import split_overrides
+from obliviate.errors import ObliviateError
+from obliviate.metrics.gap import HEADLINE
+from obliviate.report import GUARANTEE_TEXT, check_output_path, write_html, write_json
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make trained models forget, and measure it against the retrain oracle.")
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+DEMO_METHODS = "retrain,finetune,gradient_ascent,grad_diff,npo,random_label,scrub,salun"
+
+SetOpt = typer.Option(None, "--set", help="key=value: task option, train.<recipe key>, or method config "
+                                          "(method.key=value targets one method in bench)")
+
+
+def _quiet(quiet: bool) -> None:
+    if quiet:
+        os.environ["OBLIVIATE_QUIET"] = "1"
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def _print_run(r: dict[str, Any]) -> None:
+    metrics = r["metrics"]
+    roles = [k for k in ("original", "unlearned", "oracle") if k in metrics]
+    t = Table(title=f"{r['method']} on {r['task']} · forget {r['forget']['spec']} (n={r['forget']['n']}) · seed {r['seed']}")
+    t.add_column("metric")
+    for role in roles:
+        t.add_column(role, justify="right")
+    t.add_column("gap", justify="right")
+    for k in metrics["unlearned"]:
+        t.add_row(k, *(_fmt(metrics[role].get(k)) for role in roles), _fmt(r["gap"].get(k)))
+    out.print(t)
+    times = ", ".join(f"{k} {v:.2f}s" for k, v in r["time_s"].items() if v is not None)
+    out.print(f"guarantee: [bold]{GUARANTEE_TEXT[r['guarantee']]}[/bold]")
+    out.print(f"avg_gap: {_fmt(r['avg_gap'])}   time: {times}")
+
+
+def _print_bench(doc: dict[str, Any]) -> None:
+    keys = list(HEADLINE[doc["task_kind"]])
+    t = Table(title=f"{doc['task']} · forget {doc['forget']} · seeds {doc['seeds']}")
+    for col in ["method", "guarantee", *keys, "avg_gap", "unlearn s", "÷ oracle"]:
+        t.add_column(col, justify="left" if col in ("method", "guarantee") else "right")
+    ref = doc["runs"][0]["metrics"]
+    for role in ("original", "oracle"):
+        t.add_row(f"[italic]{role}[/italic]", "", *(_fmt(ref[role].get(k)) for k in keys), "", "", "")
+    for s in doc["summary"]:
+        t.add_row(s["method"], s["guarantee"], *(_fmt(s.get(k)) for k in keys), _fmt(s.get("avg_gap")),
+                  _fmt(s.get("unlearn_s")), _fmt(s.get("time_ratio")))
+    out.print(t)
+
+
+@app.command()
+def run(task: str = typer.Option(..., "--task", help="task name (see `obliviate tasks`)"),
+        method: str = typer.Option(..., "--method", help="method name (see `obliviate methods`)"),
+        forget: str = typer.Option("random:0.1", "--forget", help="forget spec, e.g. random:0.1, class:3, ids@file.txt"),
+        seed: int = typer.Option(0, "--seed", help="seed of training, forget sampling and unlearning"),
+        device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
+        set_: Optional[List[str]] = SetOpt,
+        json_path: Optional[str] = typer.Option(None, "--json", help="write the obliviate.run/1 report here"),
+        html_path: Optional[str] = typer.Option(None, "--html", help="write a self-contained HTML report here"),
+        no_oracle: bool = typer.Option(False, "--no-oracle", help="skip the retrain oracle (no gap)"),
+        save_model: Optional[str] = typer.Option(None, "--save-model", help="write the unlearned model (.safetensors + .sha256)"),
+        cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="model cache (default $OBLIVIATE_CACHE or ~/.cache/obliviate)"),
+        no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the model cache"),
+        quiet: bool = typer.Option(False, "--quiet", help="no progress bars or table")) -> None:
+    """Train (or load) the original, unlearn, compare with the retrain oracle, print a table."""
+    _quiet(quiet)
+    for path, flag in ((json_path, "--json"), (html_path, "--html"), (save_model, "--save-model")):
+        check_output_path(path, flag)
+    task_opts, recipe, per_method = api.route_overrides(task, [method], split_overrides(set_ or []))
+    result = api.unlearn(task, method, forget, seed=seed, device=device, oracle=not no_oracle,
+                         task_options=task_opts, train=recipe, cache_dir=cache_dir, use_cache=not no_cache,
+                         **per_method[method])
+    report = result.report
+    if save_model:
+        from obliviate.models.store import save_state_file
+
+        report["models"]["unlearned"]["path"] = save_model
+        report["models"]["unlearned"]["sha256"] = save_state_file(result.model, save_model)
+    if json_path:
+        write_json(report, json_path)
+    if html_path:
+        write_html(report, html_path)
+    if not quiet:
+        _print_run(report)
+
+
+def _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cache_dir, no_cache, quiet):
+    for path, flag in ((json_path, "--json"), (html_path, "--html")):
+        check_output_path(path, flag)
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    progress = (lambda r: None) if quiet else (
+        lambda r: err.print(f"  {r['method']:<16} seed {r['seed']}  avg_gap {_fmt(r['avg_gap'])}  "
+                            f"unlearn {r['time_s']['unlearn']:.2f}s"))
+    doc = api.bench(task, names, forget, seeds=seeds, device=device, overrides=split_overrides(set_ or []),
+                    cache_dir=cache_dir, use_cache=not no_cache, on_run=progress)
+    if json_path:
+        write_json(doc, json_path)
+    if html_path:
+        write_html(doc, html_path)
+    if not quiet:
+        _print_bench(doc)
+    return doc
+
+
+@app.command()
+def bench(task: str = typer.Option(..., "--task", help="task name"),
+          methods: str = typer.Option(..., "--methods", help="comma-separated method names"),
+          forget: str = typer.Option("random:0.1", "--forget", help="forget spec"),
+          seeds: int = typer.Option(1, "--seeds", help="number of seeds (0..N-1)"),
+          device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
+          set_: Optional[List[str]] = SetOpt,
+          json_path: Optional[str] = typer.Option(None, "--json", help="write the obliviate.bench/1 document here"),
+          html_path: Optional[str] = typer.Option(None, "--html", help="write a self-contained HTML report here"),
+          cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="model cache directory"),
+          no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the model cache"),
+          quiet: bool = typer.Option(False, "--quiet", help="no progress or table")) -> None:
+    """Several methods side by side on the same forget set; original and oracle computed once per seed."""
+    _quiet(quiet)
+    _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cache_dir, no_cache, quiet)
+
+
+@app.command()
+def demo(out_dir: str = typer.Option("reports", "--out", help="directory for demo.json and demo.html"),
+         methods: str = typer.Option(DEMO_METHODS, "--methods", help="methods to compare"),
+         seeds: int = typer.Option(1, "--seeds", help="number of seeds"),
+         quiet: bool = typer.Option(False, "--quiet", help="no progress or table")) -> None:
+    """The main job on embedded defaults: digits MLP, forget a random 10 %, every method vs the oracle."""
+    _quiet(quiet)
+    if not quiet:
+        out.print("[bold]obliviate demo[/bold]: digits MLP, forget random 10 % of the training set, "
+                  "each method compared with the retrain oracle")
+    json_path, html_path = os.path.join(out_dir, "demo.json"), os.path.join(out_dir, "demo.html")
+    _bench("digits", methods, "random:0.1", seeds, "cpu", [], json_path, html_path, None, False, quiet)
+    if not quiet:
+        out.print(f"wrote {json_path} and {html_path}")
+
+
+@app.command("methods")
+def methods_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable listing")) -> None:
+    """List every registered method: name, guarantee, needs, task kinds."""
+    from obliviate.methods import list_methods
+
+    infos = [m.info() for m in list_methods()]
+    if as_json:
+        print(json.dumps(infos, indent=2, default=str))
+        return
+    t = Table(title="unlearning methods")
+    for col in ("name", "guarantee", "needs", "kinds", "summary"):
+        t.add_column(col)
+    for i in infos:
+        t.add_row(i["name"], i["guarantee"], ",".join(i["needs"]) or "–", ",".join(i["kinds"]), i["summary"])
+    out.print(t)
+
+
+@app.command("tasks")
+def tasks_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable listing")) -> None:
+    """List the built-in tasks and their options."""
+    from obliviate.config import describe
+    from obliviate.tasks import list_tasks
+
+    infos = [{"name": c.name, "kind": "classification|regression" if c.name == "csv" else c.kind,
+              "description": c.description, "options": describe(c.options_class),
+              "train_defaults": c.recipe_defaults} for c in list_tasks()]
+    if as_json:
+        print(json.dumps(infos, indent=2, default=str))
+        return
+    t = Table(title="tasks")
+    for col in ("name", "kind", "description", "options"):
+        t.add_column(col)
+    for i in infos:
+        t.add_row(i["name"], i["kind"], i["description"], ", ".join(o["name"] for o in i["options"]))
+    out.print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors become one line on stderr and exit status 2, never a traceback."""
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="obliviate")
+    except ObliviateError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # click's own exceptions (typer vendors click, so match them by shape)
+        name = type(exc).__name__
+        if name == "Abort":
+            err.print("aborted")
+            return 130
+        if name == "Exit":
+            return int(getattr(exc, "exit_code", 0) or 0)
+        if name == "NoArgsIsHelpError":
+            print(exc.format_message())
+            return 0
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # usage errors
+            err.print(f"error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
+            return int(exc.exit_code or 2)
+        raise
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Typed configs: dataclasses whose fields carry documented defaults, filled from ``--set key=value``.
+
+A config field may declare ``metadata={"help": ..., "choices": (...), "min": x, "max": y, "gt": x}``;
+values given as strings are coerced to the field's type and checked, so a typo or a bad value fails
+at the boundary with a message that says what was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Mapping
+
+from obliviate.errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in {"none", "null"}):
+            return None
+        return _coerce(name, value, args[0])
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{name}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        (inner, *_) = typing.get_args(tp) or (str,)
+        items = value.split(",") if isinstance(value, str) else list(value)
+        out = [_coerce(name, v.strip() if isinstance(v, str) else v, inner) for v in items if v != ""]
+        return tuple(out) if origin is tuple else out
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return int(as_float)
+    if tp is float:
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        if out != out or out in (float("inf"), float("-inf")):
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+        return out
+    if tp is str:
+        return str(value)
+    return value
+
+
+def _check(name: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{name}: expected one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{name}: expected a value >= {meta['min']}, got {value!r}")
+    if "gt" in meta and value <= meta["gt"]:
+        raise ConfigError(f"{name}: expected a value > {meta['gt']}, got {value!r}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{name}: expected a value <= {meta['max']}, got {value!r}")
+
+
+def build_config(cls: type, values: Mapping[str, Any] | None = None, *, prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from ``values`` (strings or typed), rejecting unknown keys."""
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls, include_extras=False)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields)) or "none"
+        raise ConfigError(f"unknown {prefix or 'config'} key {unknown[0]!r}; valid keys: {known}")
+    kwargs = {}
+    for key, raw in values.items():
+        kwargs[key] = _coerce(f"{prefix}{key}", raw, hints[key])
+    try:
+        cfg = cls(**kwargs)
+    except TypeError as exc:  # a required field without a value
+        raise ConfigError(f"{prefix or 'config'}: {exc}") from None
+    for key, f in fields.items():
+        _check(f"{prefix}{key}", getattr(cfg, key), f.metadata)
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    return cfg
+
+
+def describe(cls: type) -> list[dict[str, Any]]:
+    """Fields, types, defaults and help of a config class (for ``obliviate methods --json``)."""
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        out.append({"name": f.name, "type": str(f.type), "default": default,
+                    "help": f.metadata.get("help", "")})
+    return out
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def split_overrides(pairs: list[str]) -> dict[str, str]:
+    """Parse ``["a=1", "b.c=x"]`` into a dict; a pair without ``=`` is an error."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out

@@ -1,0 +1,72 @@
+"""The contract of an unlearning method: a typed config plus one class, registered by name.
+
+A method receives an :class:`UnlearnContext` — a copy of the original model to change, a frozen
+original, the forget and retain data (labels only if it declares it needs them) — and returns the
+unlearned model. A method never evaluates; metrics are computed elsewhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+
+Guarantee = Literal["exact", "certified", "approximate", "suppression"]
+GUARANTEES = ("exact", "certified", "approximate", "suppression")
+NEEDS = ("retain", "labels", "original")
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method config; fields hold the paper's defaults and are overridable by ``--set``."""
+
+
+@dataclass
+class UnlearnContext:
+    task: Any
+    model: torch.nn.Module            # a trainable copy of the original; the method may change it in place
+    original: torch.nn.Module | None  # frozen original (present if the method needs "original")
+    x_forget: torch.Tensor
+    y_forget: torch.Tensor | None     # None unless the method needs "labels"
+    x_retain: torch.Tensor | None     # None unless the method needs "retain"
+    y_retain: torch.Tensor | None
+    forget_ids: np.ndarray
+    retain_ids: np.ndarray
+    recipe: Any                       # the task's training recipe (for retraining-style methods)
+    seed: int
+    device: torch.device
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.task.kind
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A CPU generator seeded from the run seed: every random choice of a method goes through one."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + 17 + offset)
+
+
+class Method:
+    """Base class. Subclasses set the class attributes and implement :meth:`unlearn`."""
+
+    name: ClassVar[str]
+    guarantee: ClassVar[Guarantee]
+    needs: ClassVar[frozenset[str]] = frozenset()
+    kinds: ClassVar[tuple[str, ...]] = ("classification", "regression")
+    config_class: ClassVar[type] = MethodConfig
+    summary: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+
+    def __init__(self, config: Any | None = None):
+        self.config = config if config is not None else self.config_class()
+
+    def unlearn(self, ctx: UnlearnContext) -> torch.nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def info(cls) -> dict[str, Any]:
+        from obliviate.config import describe
+
+        return {"name": cls.name, "guarantee": cls.guarantee, "needs": sorted(cls.needs), "kinds": list(cls.kinds),
+                "summary": cls.summary, "reference": cls.reference, "config": describe(cls.config_class)}

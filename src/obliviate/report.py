@@ -1,0 +1,192 @@
+"""Reports: the JSON documents of DESIGN.md (``obliviate.run/1``, ``obliviate.bench/1``) and one
+self-contained HTML page (plots inlined as SVG) comparing original, unlearned and oracle per metric."""
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from obliviate.errors import ObliviateError
+from obliviate.metrics.gap import HEADLINE
+
+GUARANTEE_TEXT = {
+    "exact": "exact — the served model is distributed as one trained without the forget set (same recipe, seeds)",
+    "certified": "certified — a proven (ε, δ) bound under stated assumptions",
+    "approximate": "approximate — empirical evidence only (gaps, attacks); no guarantee",
+    "suppression": "suppression — weights still encode the data; outputs are blocked at inference",
+}
+
+
+def check_output_path(path: str | None, flag: str) -> None:
+    """Fail before any work if ``path`` cannot be written (it is a directory, or its parent is a file)."""
+    if not path:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ObliviateError(f"{flag} {path}: is a directory, expected a file path")
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ObliviateError(f"{flag} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK):
+        raise ObliviateError(f"{flag} {path}: {parent} is not writable")
+
+
+def _atomic_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_json(doc: dict[str, Any], path: str | Path) -> None:
+    _atomic_text(path, json.dumps(_clean(doc), indent=2) + "\n")
+
+
+# -- HTML ---------------------------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{font-size:1.5rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem} th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:right}
+th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
+.badge{display:inline-block;padding:.1rem .5rem;border-radius:.6rem;font-size:.8rem;color:#fff}
+.exact{background:#2e7d32}.certified{background:#1565c0}.approximate{background:#ef6c00}.suppression{background:#6a1b9a}
+.note{color:#555;font-size:.85rem} .best{font-weight:bold;background:#eef7ee} pre{background:#f7f7f7;padding:.6rem;overflow:auto}
+"""
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return "nan" if v != v else f"{v:.4f}"
+    return html.escape(str(v))
+
+
+def _badge(guarantee: str) -> str:
+    return f'<span class="badge {guarantee}" title="{html.escape(GUARANTEE_TEXT.get(guarantee, ""))}">{guarantee}</span>'
+
+
+def _svg_bars(groups: list[str], series: dict[str, list[float]], title: str) -> str:
+    """A grouped bar chart as inline SVG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(groups) + 2), 3.2))
+    width = 0.8 / max(1, len(series))
+    xs = np.arange(len(groups))
+    for i, (label, values) in enumerate(series.items()):
+        vals = [v if v is not None and v == v else 0.0 for v in values]
+        ax.bar(xs + (i - (len(series) - 1) / 2) * width, vals, width, label=label)
+    ax.set_xticks(xs, groups, rotation=20 if len(groups) > 5 else 0, ha="right" if len(groups) > 5 else "center")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    plt.close(fig)
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>{body}</body></html>\n")
+
+
+def _run_body(r: dict[str, Any]) -> str:
+    metrics = r["metrics"]
+    roles = [k for k in ("original", "unlearned", "oracle") if k in metrics]
+    keys = list(metrics["unlearned"])
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{_fmt(metrics[role].get(k))}</td>" for role in roles)
+        + f"<td>{_fmt(r.get('gap', {}).get(k))}</td></tr>" for k in keys)
+    head = "".join(f"<th>{role}</th>" for role in roles)
+    chart = _svg_bars(keys, {role: [metrics[role].get(k) for k in keys] for role in roles},
+                      f"{r['method']} on {r['task']} — forget {r['forget']['spec']}")
+    t = r.get("time_s", {})
+    times = "".join(f"<tr><td>{k}</td><td>{_fmt(v)}</td></tr>" for k, v in t.items())
+    return (f"<h2>{html.escape(r['method'])} {_badge(r['guarantee'])}</h2>"
+            f"<p class='note'>{html.escape(GUARANTEE_TEXT.get(r['guarantee'], ''))}</p>"
+            f"<p>forget <code>{html.escape(r['forget']['spec'])}</code>: {r['forget']['n']} examples "
+            f"(sha256 {r['forget']['sha256'][:16]}…), retain {r['retain']['n']}; seed {r['seed']}, device {r['device']}; "
+            f"avg_gap <b>{_fmt(r.get('avg_gap'))}</b></p>"
+            f"<table><tr><th>metric</th>{head}<th>gap to oracle</th></tr>{rows}</table>{chart}"
+            f"<table><tr><th>time</th><th>seconds</th></tr>{times}</table>"
+            f"<details><summary>config, recipe and versions</summary><pre>"
+            f"{html.escape(json.dumps({'config': r.get('config'), 'train': r.get('train'), 'task_options': r.get('task_options'), 'models': r.get('models'), 'versions': r.get('versions')}, indent=2, default=str))}"
+            f"</pre></details>")
+
+
+def render_run_html(report: dict[str, Any]) -> str:
+    title = f"obliviate — {report['method']} on {report['task']}"
+    return _page(title, f"<h1>{html.escape(title)}</h1>" + _run_body(report))
+
+
+def render_bench_html(doc: dict[str, Any]) -> str:
+    title = f"obliviate bench — {doc['task']}, forget {doc['forget']}"
+    summary = doc.get("summary", [])
+    kind = doc.get("task_kind", "classification")
+    keys = list(HEADLINE.get(kind, ()))
+    ref = doc["runs"][0]["metrics"] if doc.get("runs") else {}
+    best = min((s["avg_gap"] for s in summary if s.get("avg_gap") is not None and s["method"] != "retrain"),
+               default=None)
+    rows = []
+    for role in ("original", "oracle"):
+        if role in ref:
+            rows.append(f"<tr><td><i>{role}</i> (seed {doc['runs'][0]['seed']})</td><td></td>"
+                        + "".join(f"<td>{_fmt(ref[role].get(k))}</td>" for k in keys) + "<td></td><td></td><td></td></tr>")
+    for s in summary:
+        cls = " class='best'" if best is not None and s.get("avg_gap") == best else ""
+        rows.append(f"<tr{cls}><td>{html.escape(s['method'])}</td><td>{_badge(s['guarantee'])}</td>"
+                    + "".join(f"<td>{_fmt(s.get(k))} ± {_fmt(s.get(k + '_std'))}</td>" for k in keys)
+                    + f"<td>{_fmt(s.get('avg_gap'))}</td><td>{_fmt(s.get('unlearn_s'))}</td>"
+                    f"<td>{_fmt(s.get('time_ratio'))}</td></tr>")
+    head = "".join(f"<th>{k}</th>" for k in keys)
+    methods = [s["method"] for s in summary]
+    chart_gap = _svg_bars(methods, {"avg_gap": [s.get("avg_gap") for s in summary]}, "average gap to the retrain oracle (lower is better)")
+    series = {}
+    if "original" in ref:
+        series["original"] = [ref["original"].get(k) for k in keys]
+    for s in summary:
+        series[s["method"]] = [s.get(k) for k in keys]
+    if "oracle" in ref:
+        series["oracle"] = [ref["oracle"].get(k) for k in keys]
+    chart_metrics = _svg_bars(keys, series, "metrics (mean over seeds)")
+    body = (f"<h1>{html.escape(title)}</h1>"
+            f"<p>{len(doc.get('seeds', []))} seed(s): {doc.get('seeds')}; task kind {kind}. Oracle = the same recipe and "
+            f"seed trained on the retain set only. Rows are means ± std over seeds; time ratio = unlearn time ÷ oracle "
+            f"retrain time.</p>"
+            f"<table><tr><th>method</th><th>guarantee</th>{head}<th>avg_gap</th><th>unlearn s</th><th>time ratio</th></tr>"
+            f"{''.join(rows)}</table>{chart_gap}{chart_metrics}"
+            "<h2>Runs</h2>" + "".join(_run_body(r) for r in doc.get("runs", [])))
+    return _page(title, body)
+
+
+def write_html(doc: dict[str, Any], path: str | Path) -> None:
+    text = render_bench_html(doc) if doc.get("schema", "").startswith("obliviate.bench") else render_run_html(doc)
+    _atomic_text(path, text)

@@ -1,0 +1,125 @@
+"""One deterministic training loop, shared by the original model, the retrain oracle and ``retrain``."""
+from __future__ import annotations
+
+import os
+import random
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from obliviate.errors import ObliviateError
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str = "cpu") -> torch.device:
+    """``cpu`` (default), ``cuda`` (error if absent) or ``auto`` (cuda when one is visible)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ObliviateError(f"--device {device}: no CUDA device is visible (use --device cpu or auto)")
+        return torch.device(device)
+    raise ObliviateError(f"--device must be cpu, cuda or auto, got {device!r}")
+
+
+def per_example_loss(kind: str, model: torch.nn.Module, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for classification; squared error in standardised target units for regression."""
+    if kind == "classification":
+        return F.cross_entropy(out, y, reduction="none")
+    scale = getattr(model, "y_std", None)
+    return ((out - y) / (scale if scale is not None else 1.0)) ** 2
+
+
+def task_loss(kind: str, model: torch.nn.Module, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return per_example_loss(kind, model, out, y).mean()
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
+    params = [p for p in params if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ObliviateError(f"unknown optimizer {name!r}; expected adam or sgd")
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, shuffle: bool = True) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+def to_tensors(x: np.ndarray, y: np.ndarray | None, device: torch.device):
+    xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=device)
+    if y is None:
+        return xt, None
+    dtype = torch.long if np.issubdtype(np.asarray(y).dtype, np.integer) else torch.float32
+    return xt, torch.as_tensor(np.ascontiguousarray(y), dtype=dtype, device=device)
+
+
+def _progress_enabled() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("OBLIVIATE_QUIET") and not os.environ.get("CI")
+
+
+@contextmanager
+def progress_bar(description: str, total: int):
+    """A rich progress bar on a terminal; a no-op under ``--quiet``, in CI, or when piped."""
+    if not _progress_enabled():
+        yield lambda n=1: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), transient=True) as prog:
+        tid = prog.add_task(description, total=total)
+        yield lambda n=1: prog.advance(tid, n)
+
+
+def train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, recipe, kind: str, seed: int,
+          device: torch.device | str = "cpu", description: str = "train") -> torch.nn.Module:
+    """Train ``model`` (fresh, seeded by the caller) on ``(x, y)`` with ``recipe``; deterministic on CPU.
+
+    The data order depends only on ``seed`` and ``len(x)``, so a model trained on the retain set is a
+    function of the retain set alone.
+    """
+    device = torch.device(device)
+    seed_everything(seed)
+    if hasattr(model, "fit_normalizer"):
+        model.fit_normalizer(x, y)
+    model.to(device).train()
+    xt, yt = to_tensors(x, y, device)
+    opt = make_optimizer(model.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(xt)
+    steps_per_epoch = (n + recipe.batch_size - 1) // recipe.batch_size
+    with progress_bar(description, recipe.epochs * steps_per_epoch) as advance:
+        for _ in range(recipe.epochs):
+            for idx in batches(n, recipe.batch_size, gen):
+                idx = idx.to(device)
+                loss = task_loss(kind, model, model(xt[idx]), yt[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                advance()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: np.ndarray, device: torch.device | str = "cpu",
+            batch_size: int = 4096) -> np.ndarray:
+    """Raw outputs (logits, or predictions in target units for regression) as float64 numpy."""
+    model.eval()
+    xt, _ = to_tensors(x, None, torch.device(device))
+    outs = [model(xt[i:i + batch_size]).double().cpu() for i in range(0, len(xt), batch_size)]
+    return torch.cat(outs).numpy() if outs else np.zeros((0,))
