@@ -236,3 +236,20 @@ def test_real_recipe_config():
         build_config(TrainRecipe, {"optimizer": "rmsprop"}, prefix="train.")
     with pytest.raises(ConfigError, match=r"train\.epochs"):
         build_config(TrainRecipe, {"epochs": "0"}, prefix="train.")
+
+
+def test_tuple_field_given_a_scalar_int_is_coerced_or_a_config_error():
+    """``get_task("digits", hidden=32)`` through the Python API: a scalar for a tuple field must become a
+    one-item tuple or fail as a ConfigError naming the field, never a bare TypeError."""
+    try:
+        cfg = build_config(Cfg, {"widths": 8})
+    except ConfigError as exc:
+        assert "widths" in str(exc)
+        return
+    assert cfg.widths == (8,)
+
+
+@pytest.mark.parametrize("raw", [None, 2.5])
+def test_tuple_field_given_a_bad_scalar_is_a_config_error(raw):
+    with pytest.raises(ConfigError, match="widths"):
+        build_config(Cfg, {"widths": raw})

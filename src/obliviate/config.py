@@ -31,7 +31,14 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         return value
     if origin in (tuple, list):
         (inner, *_) = typing.get_args(tp) or (str,)
-        items = value.split(",") if isinstance(value, str) else list(value)
+        if value is None:
+            raise ConfigError(f"{name}: expected a comma-separated list, got None")
+        if isinstance(value, str):
+            items = value.split(",")
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            items = [value]  # a scalar is a one-item list
         out = [_coerce(name, v.strip() if isinstance(v, str) else v, inner) for v in items if v != ""]
         return tuple(out) if origin is tuple else out
     if tp is bool:

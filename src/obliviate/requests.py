@@ -65,6 +65,7 @@ def _parse_number(text: str, spec: str) -> float:
 
 def resolve(spec: str, task, seed: int = 0) -> ForgetRequest:
     """Resolve ``spec`` against ``task`` (its training split) with ``seed`` for random specs."""
+    check_seed(seed)
     spec = (spec or "").strip()
     if not spec:
         raise SpecError(f"empty forget spec; expected one of: {SPEC_HELP}")
@@ -116,6 +117,12 @@ def resolve(spec: str, task, seed: int = 0) -> ForgetRequest:
     if ids.size == n:
         raise SpecError(f"forget spec {spec!r} selects the whole training set ({n} examples); nothing would remain")
     return ForgetRequest(spec, ids)
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
 
 
 def _random(spec: str, arg: str, n: int, seed: int) -> np.ndarray:

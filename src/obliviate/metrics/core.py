@@ -82,7 +82,8 @@ class Evaluation:
     def compute(self, names: list[str] | None = None) -> dict[str, float]:
         available = metrics_for(self.task.kind)
         names = names or list(available)
-        return {n: available[n].fn(*(self.artifact(a) for a in available[n].needs)) for n in names}
+        values = {n: available[n].fn(*(self.artifact(a) for a in available[n].needs)) for n in names}
+        return {n: v for n, v in values.items() if v is not None}  # None: not applicable to this forget set
 
     def per_example(self) -> dict[str, list[float]]:
         f = self.artifact("forget")
@@ -122,7 +123,15 @@ def _mia_shadow(ev: Evaluation):
     return members, nonmembers
 
 
+def _forgotten_classes(ev: Evaluation) -> np.ndarray:
+    """Classes whose every training example is in the forget set (class-wise forgetting)."""
+    y = ev.task.data.y_train
+    forgotten = np.unique(y[ev.forget_ids])
+    return np.array([c for c in forgotten if not np.any(y[ev.retain_ids] == c)], dtype=np.int64)
+
+
 ARTIFACTS: dict[str, Callable[[Evaluation], Any]] = {
+    "forgotten_classes": _forgotten_classes,
     "forget": _outputs("forget_ids"),
     "retain": _outputs("retain_ids"),
     "test": _outputs(None),
@@ -150,6 +159,20 @@ def _test_acc(t):
 @metric("mia", _CLS, ("mia_shadow", "forget"), "SVC MIA-efficacy: fraction of forget examples called non-members")
 def _mia_cls(shadow, f):
     return M.svc_mia_efficacy(shadow[0], shadow[1], f.confidence)
+
+
+@metric("test_acc_forgotten", _CLS, ("test", "forgotten_classes"),
+        "class-wise forgetting only: test accuracy on the forgotten classes (evaluation.md §1)")
+def _test_acc_forgotten(t, classes):
+    mask = np.isin(t.y, classes)
+    return C.accuracy(t.pred[mask], t.y[mask]) if classes.size and mask.any() else None
+
+
+@metric("test_acc_remaining", _CLS, ("test", "forgotten_classes"),
+        "class-wise forgetting only: test accuracy excluding the forgotten classes")
+def _test_acc_remaining(t, classes):
+    mask = ~np.isin(t.y, classes)
+    return C.accuracy(t.pred[mask], t.y[mask]) if classes.size and mask.any() else None
 
 
 @metric("forget_mae", _REG, ("forget",), "mean absolute error on the forget set")

@@ -1,6 +1,7 @@
 """Small reference networks for tabular and 8x8-image tasks.
 
-``TabularNet`` keeps its input standardisation (and, for regression, target scaling) as buffers fitted
+``TabularNet`` keeps its input standardisation, missing-value imputation (and, for regression, target
+scaling) as buffers fitted
 on the data it is trained on, so a retrained oracle recomputes them from the retain set alone instead of
 inheriting statistics of the forgotten rows (methods.md §1 pitfall 1).
 """
@@ -61,8 +62,10 @@ class TabularNet(nn.Module):
     @torch.no_grad()
     def fit_normalizer(self, x: np.ndarray, y: np.ndarray) -> None:
         x64 = np.asarray(x, dtype=np.float64)
-        std = x64.std(axis=0)
-        self.x_mean.copy_(torch.as_tensor(x64.mean(axis=0), dtype=torch.float32))
+        with np.errstate(all="ignore"):
+            mean = np.nan_to_num(np.nanmean(x64, axis=0)) if np.isnan(x64).any() else x64.mean(axis=0)
+            std = np.nan_to_num(np.nanstd(x64, axis=0)) if np.isnan(x64).any() else x64.std(axis=0)
+        self.x_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.x_std.copy_(torch.as_tensor(np.where(std > 1e-8, std, 1.0), dtype=torch.float32))
         if self.regression:
             y64 = np.asarray(y, dtype=np.float64)
@@ -70,6 +73,7 @@ class TabularNet(nn.Module):
             self.y_std.fill_(float(y64.std()) if y64.std() > 1e-8 else 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.where(torch.isnan(x), self.x_mean, x)  # missing features: the training data's mean
         out = self.body((x - self.x_mean) / self.x_std)
         if self.regression:
             return out.squeeze(-1) * self.y_std + self.y_mean

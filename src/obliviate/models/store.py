@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save, save_file
+from safetensors.torch import load_file, save
 
 from obliviate.errors import IntegrityError, ObliviateError
 
@@ -46,16 +46,20 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
+def _serialize(model: torch.nn.Module, metadata: dict[str, str] | None = None) -> bytes:
+    return save(_cpu_state(model), metadata=metadata or {})
+
+
 def state_sha256(model: torch.nn.Module) -> str:
-    """The sha256 the model's safetensors file would have (metadata-free), without writing it."""
-    return hashlib.sha256(save(_cpu_state(model))).hexdigest()
+    """The sha256 that ``save_state_file(model, path)`` (no metadata) gives, without writing anything."""
+    return hashlib.sha256(_serialize(model)).hexdigest()
 
 
 def save_state_file(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> str:
     """Write ``model.state_dict()`` as safetensors (atomically) plus ``<path>.sha256``; return the hash."""
     path = Path(path)
-    state = _cpu_state(model)
-    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata or {}))
+    blob = _serialize(model, metadata)
+    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
     digest = sha256_file(path)
     _atomic_write(Path(f"{path}.sha256"), lambda tmp: Path(tmp).write_text(f"{digest}  {path.name}\n"))
     return digest

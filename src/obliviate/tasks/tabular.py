@@ -173,7 +173,12 @@ class Csv(Task):
         self.kind = self._infer_kind(y_raw)
         x = self._encode(features)
         if self.kind == "classification":
-            classes = sorted(y_raw.astype(str).unique())
+            uniques = y_raw.unique()
+            if pd.api.types.is_numeric_dtype(y_raw) and not pd.api.types.is_bool_dtype(y_raw):
+                uniques = sorted(uniques)  # numeric order: class 2 is the value 2, not the 3rd string
+            else:
+                uniques = sorted(uniques, key=str)
+            classes = [str(c) for c in uniques]
             if len(classes) < 2:
                 raise ObliviateError(f"target column {o.target!r} has a single class ({classes[0]!r}); "
                                      "classification needs at least two")
@@ -203,7 +208,8 @@ class Csv(Task):
         return "regression"
 
     def _encode(self, features) -> np.ndarray:
-        """Numeric columns as floats (missing values: column median); others one-hot, missing as its own level."""
+        """Numeric columns as floats (missing values stay NaN: the model imputes them with the mean of the data
+        it is trained on, so nothing is fitted on test or forgotten rows); others one-hot, missing as a level."""
         import pandas as pd
 
         blocks, names = [], []
@@ -213,7 +219,6 @@ class Csv(Task):
                 v = s.to_numpy(np.float64)
                 if np.isnan(v).all():
                     continue
-                v = np.where(np.isnan(v), np.nanmedian(v), v)
                 blocks.append(v[:, None])
                 names.append(str(col))
             else:
