@@ -124,6 +124,20 @@ def _versions() -> dict[str, str]:
             "scikit-learn": sklearn.__version__}
 
 
+def _check_finite(model: torch.nn.Module, task: Task, request: ForgetRequest, method: Method) -> None:
+    """A diverged update (NaN/inf weights or outputs) is a clear error, never a report of garbage."""
+    from obliviate.training import predict
+
+    bad = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if not bad:
+        out = predict(model, task.data.x_train[request.ids[:256]], next(model.parameters()).device)
+        if np.isfinite(out).all():
+            return
+    where = f"weights ({bad[0]})" if bad else "outputs"
+    raise ObliviateError(f"method {method.name!r} diverged: the unlearned model has non-finite {where}; "
+                         "lower its lr or epochs (--set lr=..., --set epochs=...)")
+
+
 class Session:
     """Shared state of one run or bench: the task, the store, the device; originals and oracles computed once."""
 
@@ -165,6 +179,7 @@ class Session:
         model = method.unlearn(ctx)
         unlearn_time = time.perf_counter() - start
         model.eval()
+        _check_finite(model, task, request, method)
 
         metrics = {"original": cached_eval("original", original)[0]}
         unlearned_metrics, unlearned_pe = _evaluate(task, model, request.ids, retain_ids, seed, self.device, per_ex)
