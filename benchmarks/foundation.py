@@ -98,6 +98,10 @@ def quality_bar(results) -> list[str]:
     ok = [r for r in rnd if r["guarantee"] == "approximate" and r["avg_gap"] <= 0.02 and r["time_ratio"] <= 0.10]
     out.append(f"random:0.1 — approximate methods with avg_gap ≤ 0.02 and time ≤ 10 % of oracle: "
                f"{', '.join(r['method'] for r in ok) or 'NONE'} → {'PASS' if ok else 'FAIL'}")
+    noop = next(r for r in rnd if r["method"] == "original (no-op)")["avg_gap"]
+    better = [r for r in ok if r["avg_gap"] < noop]
+    out.append(f"random:0.1 — stricter: of those, the ones that also beat doing nothing (no-op avg_gap {noop:.4f}): "
+               f"{', '.join(r['method'] for r in better) or 'NONE'}")
     cls = results["digits class:3"]["rows"]
     oracle_ra = next(r for r in cls if r["method"] == "oracle (retrain)")["retain_acc"]
     ok = [r for r in cls if r["guarantee"] == "approximate" and r["forget_acc"] <= 0.05

@@ -13,7 +13,7 @@ from rich.table import Table
 from obliviate import api
 from obliviate.config import split_overrides
 from obliviate.errors import ObliviateError
-from obliviate.metrics.gap import HEADLINE
+from obliviate.metrics.gap import HEADLINE, avg_gap, gaps
 from obliviate.report import GUARANTEE_TEXT, check_output_path, write_html, write_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -62,8 +62,9 @@ def _print_bench(doc: dict[str, Any]) -> None:
     for col in ["method", "guarantee", *keys, "avg_gap", "unlearn s", "÷ oracle"]:
         t.add_column(col, justify="left" if col in ("method", "guarantee") else "right")
     ref = doc["runs"][0]["metrics"]
-    for role in ("original", "oracle"):
-        t.add_row(f"[italic]{role}[/italic]", "", *(_fmt(ref[role].get(k)) for k in keys), "", "", "")
+    noop = avg_gap(gaps(ref["original"], ref["oracle"]), doc["task_kind"])
+    for role, gap_value in (("original", noop), ("oracle", 0.0)):
+        t.add_row(f"[italic]{role}[/italic]", "", *(_fmt(ref[role].get(k)) for k in keys), _fmt(gap_value), "", "")
     for s in doc["summary"]:
         t.add_row(s["method"], s["guarantee"], *(_fmt(s.get(k)) for k in keys), _fmt(s.get("avg_gap")),
                   _fmt(s.get("unlearn_s")), _fmt(s.get("time_ratio")))

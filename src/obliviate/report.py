@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from obliviate.errors import ObliviateError
-from obliviate.metrics.gap import HEADLINE
+from obliviate.metrics.gap import HEADLINE, avg_gap, gaps
 
 GUARANTEE_TEXT = {
     "exact": "exact — the served model is distributed as one trained without the forget set (same recipe, seeds)",
@@ -44,7 +44,14 @@ def _atomic_text(path: str | Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _clean(obj: Any) -> Any:
@@ -113,6 +120,30 @@ def _svg_bars(groups: list[str], series: dict[str, list[float]], title: str) -> 
     return svg[svg.index("<svg"):]
 
 
+def _svg_scatter(points: list[tuple[str, float | None, float | None]], xlabel: str, ylabel: str, title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for label, x, y in points:
+        if x is None or y is None or x != x or y != y:
+            continue
+        ax.scatter([x], [y], s=30)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.set_title(title, fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    plt.close(fig)
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]
+
+
 def _page(title: str, body: str) -> str:
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>{body}</body></html>\n")
@@ -156,14 +187,17 @@ def render_bench_html(doc: dict[str, Any]) -> str:
     best = min((s["avg_gap"] for s in summary if s.get("avg_gap") is not None and s["method"] != "retrain"),
                default=None)
     rows = []
-    for role in ("original", "oracle"):
+    noop = avg_gap(gaps(ref["original"], ref["oracle"]), kind) if "oracle" in ref and "original" in ref else None
+    for role, gap_value in (("original", noop), ("oracle", 0.0 if "oracle" in ref else None)):
         if role in ref:
             rows.append(f"<tr><td><i>{role}</i> (seed {doc['runs'][0]['seed']})</td><td></td>"
-                        + "".join(f"<td>{_fmt(ref[role].get(k))}</td>" for k in keys) + "<td></td><td></td><td></td></tr>")
+                        + "".join(f"<td>{_fmt(ref[role].get(k))}</td>" for k in keys)
+                        + f"<td>{_fmt(gap_value)}</td><td></td><td></td></tr>")
     for s in summary:
         cls = " class='best'" if best is not None and s.get("avg_gap") == best else ""
         rows.append(f"<tr{cls}><td>{html.escape(s['method'])}</td><td>{_badge(s['guarantee'])}</td>"
-                    + "".join(f"<td>{_fmt(s.get(k))} ± {_fmt(s.get(k + '_std'))}</td>" for k in keys)
+                    + "".join(f"<td>{_fmt(s.get(k))}" + (f" ± {_fmt(s.get(k + '_std'))}" if s.get("n_seeds", 1) > 1 else "")
+                              + "</td>" for k in keys)
                     + f"<td>{_fmt(s.get('avg_gap'))}</td><td>{_fmt(s.get('unlearn_s'))}</td>"
                     f"<td>{_fmt(s.get('time_ratio'))}</td></tr>")
     head = "".join(f"<th>{k}</th>" for k in keys)
@@ -177,12 +211,16 @@ def render_bench_html(doc: dict[str, Any]) -> str:
     if "oracle" in ref:
         series["oracle"] = [ref["oracle"].get(k) for k in keys]
     chart_metrics = _svg_bars(keys, series, "metrics (mean over seeds)")
+    chart_tradeoff = _svg_scatter([(s["method"], s.get("time_ratio"), s.get("avg_gap")) for s in summary],
+                                  "unlearn time ÷ oracle retrain time", "avg_gap to the oracle",
+                                  "cost vs. closeness to the oracle (bottom-left is best)")
     body = (f"<h1>{html.escape(title)}</h1>"
             f"<p>{len(doc.get('seeds', []))} seed(s): {doc.get('seeds')}; task kind {kind}. Oracle = the same recipe and "
-            f"seed trained on the retain set only. Rows are means ± std over seeds; time ratio = unlearn time ÷ oracle "
-            f"retrain time.</p>"
+            f"seed trained on the retain set only. Rows are means ± std over seeds; the original's avg_gap is the gap "
+            f"of doing nothing; time ratio = unlearn time ÷ the oracle's retrain time as recorded when it was trained "
+            f"(cached oracles keep their original timing).</p>"
             f"<table><tr><th>method</th><th>guarantee</th>{head}<th>avg_gap</th><th>unlearn s</th><th>time ratio</th></tr>"
-            f"{''.join(rows)}</table>{chart_gap}{chart_metrics}"
+            f"{''.join(rows)}</table>{chart_gap}{chart_tradeoff}{chart_metrics}"
             "<h2>Runs</h2>" + "".join(_run_body(r) for r in doc.get("runs", [])))
     return _page(title, body)
 
