@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from obliviate.config import as_dict, build_config
+from obliviate.distributed import Runtime
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.methods import Method, UnlearnContext, get_method
 from obliviate.metrics import Evaluation, avg_gap, gaps
-from obliviate.models.store import ModelStore, state_sha256
-from obliviate.oracle import retrain_oracle, train_original
-from obliviate.requests import ForgetRequest, resolve
+from obliviate.models.store import ModelStore, content_key, state_sha256
+from obliviate.oracle import STORE_FORMAT, retrain_oracle, train_original
+from obliviate.requests import ForgetRequest, ids_sha256, resolve
 from obliviate.tasks import Task, get_task, task_class
 from obliviate.training import resolve_device, seed_everything, to_tensors
 
@@ -91,7 +92,7 @@ def _as_task(task: str | Task, options: dict[str, Any]) -> Task:
 # -- the pipeline -----------------------------------------------------------------------------------------
 
 def _context(task: Task, method: Method, original: torch.nn.Module, request: ForgetRequest,
-             recipe, seed: int, device: torch.device) -> UnlearnContext:
+             recipe, seed: int, device: torch.device, runtime: Runtime) -> UnlearnContext:
     forget_ids = request.ids
     retain_ids = np.setdiff1d(np.arange(task.n_train), forget_ids)
     d = task.data
@@ -106,7 +107,7 @@ def _context(task: Task, method: Method, original: torch.nn.Module, request: For
         x_forget=xf, y_forget=yf if "labels" in needs else None,
         x_retain=xr if "retain" in needs else None,
         y_retain=yr if ("retain" in needs and "labels" in needs) else None,
-        forget_ids=forget_ids, retain_ids=retain_ids, recipe=recipe, seed=seed, device=device)
+        forget_ids=forget_ids, retain_ids=retain_ids, recipe=recipe, seed=seed, device=device, runtime=runtime)
 
 
 def _evaluate(task, model, forget_ids, retain_ids, seed, device, per_example: bool):
@@ -141,10 +142,35 @@ def _check_finite(model: torch.nn.Module, task: Task, request: ForgetRequest, me
 class Session:
     """Shared state of one run or bench: the task, the store, the device; originals and oracles computed once."""
 
-    def __init__(self, task: Task, recipe, device: torch.device, store: ModelStore):
+    def __init__(self, task: Task, recipe, device: torch.device, store: ModelStore, runtime: Runtime | None = None):
         self.task, self.recipe, self.device, self.store = task, recipe, device, store
+        self.runtime = runtime or Runtime(device=device)
         self._originals: dict[int, tuple] = {}
         self._oracles: dict[tuple, tuple] = {}
+        self._systems: dict[tuple, tuple] = {}
+
+    def system(self, method: Method, seed: int):
+        """A training-time method's fitted system on the full training set (cached like any original)."""
+        key_parts = {"format": STORE_FORMAT, "task": self.task.fingerprint(), "seed": seed, "device": "cpu",
+                     "ids": ids_sha256(np.arange(self.task.n_train)), "recipe": dataclasses.asdict(self.recipe),
+                     "method": method.name, "config": as_dict(method.config)}
+        key = content_key(key_parts)
+        if key not in self._systems:
+            hit = self.store.get_tensors(key)
+            if hit is not None:
+                tensors, meta = hit
+                system = method.restore(self.task, self.recipe, seed, tensors, meta["system"])
+                meta = dict(meta, cached=True)
+            else:
+                start = time.perf_counter()
+                system = method.fit(self.task, np.arange(self.task.n_train), self.recipe, seed, self.runtime)
+                elapsed = time.perf_counter() - start
+                meta = self.store.put_tensors(key, system.tensors(), {"role": f"original ({method.name})",
+                                                                     "train_time_s": elapsed, "system": system.meta()})
+                meta = dict(meta, cached=False)
+            self._systems[key] = (system, meta)
+        system, meta = self._systems[key]
+        return system.copy(), meta
 
     def original(self, seed: int):
         if seed not in self._originals:
@@ -164,16 +190,24 @@ class Session:
         task = self.task
         retain_ids = np.setdiff1d(np.arange(task.n_train), request.ids)
         per_ex = request.n <= PER_EXAMPLE_LIMIT
-        original, orig_meta, _ = self.original(seed)
+        system = None
+        if method.trains_original:
+            system, orig_meta = self.system(method, seed)
+            original = system.served_model().to(self.device)
+            orig_meta = dict(orig_meta, sha256=state_sha256(original))
+        else:
+            original, orig_meta, _ = self.original(seed)
         evaluation_cache = evaluation_cache if evaluation_cache is not None else {}
 
-        def cached_eval(role, model):
-            key = (role, seed, request.sha256)
+        def cached_eval(role, model, sha):
+            key = (role, sha, seed, request.sha256)
             if key not in evaluation_cache:
                 evaluation_cache[key] = _evaluate(task, model, request.ids, retain_ids, seed, self.device, per_ex)
             return evaluation_cache[key]
 
-        ctx = _context(task, method, original, request, self.recipe, seed, self.device)
+        ctx = _context(task, method, original, request, self.recipe, seed, self.device, self.runtime)
+        if system is not None:
+            ctx.extras["system"] = system
         seed_everything(seed)
         start = time.perf_counter()
         model = method.unlearn(ctx)
@@ -181,10 +215,10 @@ class Session:
         model.eval()
         _check_finite(model, task, request, method)
 
-        metrics = {"original": cached_eval("original", original)[0]}
+        metrics = {"original": cached_eval("original", original, orig_meta["sha256"])[0]}
         unlearned_metrics, unlearned_pe = _evaluate(task, model, request.ids, retain_ids, seed, self.device, per_ex)
         metrics["unlearned"] = unlearned_metrics
-        per_example = {"original": cached_eval("original", original)[1], "unlearned": unlearned_pe}
+        per_example = {"original": cached_eval("original", original, orig_meta["sha256"])[1], "unlearned": unlearned_pe}
         time_s = {"train": orig_meta.get("train_time_s"), "unlearn": unlearn_time}
         models = {"original": {"sha256": orig_meta["sha256"], "cached": orig_meta["cached"]},
                   "unlearned": {"sha256": state_sha256(model)}}
@@ -193,7 +227,7 @@ class Session:
         avg = None
         if with_oracle:
             oracle_model, oracle_meta = self.oracle(seed, request)
-            metrics["oracle"], per_example["oracle"] = cached_eval("oracle", oracle_model)
+            metrics["oracle"], per_example["oracle"] = cached_eval("oracle", oracle_model, oracle_meta["sha256"])
             time_s["oracle"] = oracle_meta.get("train_time_s")
             models["oracle"] = {"sha256": oracle_meta["sha256"], "cached": oracle_meta["cached"]}
             gap = gaps(metrics["unlearned"], metrics["oracle"])
@@ -205,8 +239,11 @@ class Session:
             "config": as_dict(method.config), "train": as_dict(self.recipe),
             "task_options": as_dict(task.options),
             "metrics": metrics, "gap": gap, "avg_gap": avg, "time_s": time_s, "models": models,
-            "versions": _versions(),
+            "executor": self.runtime.executor, "versions": _versions(),
         }
+        if "cost" in ctx.extras:
+            report["exact"] = ctx.extras["cost"]
+            report["time_s"]["unlearn"] = ctx.extras["cost"]["time_s"]  # the deletion itself
         if per_ex:
             report["per_example"] = {"forget_ids": request.ids.tolist(),
                                      **{k: v for k, v in per_example.items() if v is not None}}
@@ -216,6 +253,7 @@ class Session:
 def unlearn(task: str | Task, method: str | Method, forget: str = "random:0.1", *, seed: int = 0,
             device: str = "cpu", oracle: bool = True, task_options: dict[str, Any] | None = None,
             train: dict[str, Any] | None = None, cache_dir: str | None = None, use_cache: bool = True,
+            executor: str = "local", ray_address: str | None = None, workers: int | None = None,
             **config: Any) -> RunResult:
     """Unlearn ``forget`` from ``task``'s model with ``method``; return the model and the run report.
 
@@ -236,7 +274,8 @@ def unlearn(task: str | Task, method: str | Method, forget: str = "random:0.1", 
     recipe = task_obj.recipe(train)
     request = resolve(forget, task_obj, seed)
     dev = resolve_device(device)
-    session = Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache))
+    runtime = Runtime(device=dev, executor=executor, ray_address=ray_address, workers=workers)
+    session = Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache), runtime)
     return session.run(method_obj, request, seed, with_oracle=oracle)
 
 
@@ -258,7 +297,8 @@ def evaluate(task: str | Task, model: torch.nn.Module, forget: str | ForgetReque
 
 def bench(task: str | Task, methods: list[str], forget: str = "random:0.1", *, seeds: int | list[int] = 1,
           device: str = "cpu", overrides: dict[str, Any] | None = None, cache_dir: str | None = None,
-          use_cache: bool = True, on_run=None) -> dict[str, Any]:
+          use_cache: bool = True, on_run=None, executor: str = "local", ray_address: str | None = None,
+          workers: int | None = None) -> dict[str, Any]:
     """Run several methods on the same forget request(s), the original and oracle computed once per seed."""
     if not methods:
         raise ObliviateError("--methods needs at least one method name")
@@ -271,7 +311,9 @@ def bench(task: str | Task, methods: list[str], forget: str = "random:0.1", *, s
     if not seed_list:
         raise ObliviateError("--seeds must be at least 1")
     requests = {s: resolve(forget, task_obj, s) for s in seed_list}
-    session = Session(task_obj, recipe, resolve_device(device), ModelStore(cache_dir, enabled=use_cache))
+    dev = resolve_device(device)
+    runtime = Runtime(device=dev, executor=executor, ray_address=ray_address, workers=workers)
+    session = Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache), runtime)
     runs, evaluations = [], {}
     for s in seed_list:
         for m in method_objs:

@@ -23,6 +23,10 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 DEMO_METHODS = "retrain,finetune,gradient_ascent,grad_diff,npo,random_label,scrub,salun"
 
+ExecutorOpt = typer.Option("local", "--executor", help="where shard/ensemble jobs run: local (process pool), "
+                                                        "serial, or ray")
+RayOpt = typer.Option(None, "--ray-address", help="Ray cluster address (with --executor ray); default: start a "
+                                                  "local Ray instance")
 SetOpt = typer.Option(None, "--set", help="key=value: task option, train.<recipe key>, or method config "
                                           "(method.key=value targets one method in bench)")
 
@@ -54,6 +58,12 @@ def _print_run(r: dict[str, Any]) -> None:
     times = ", ".join(f"{k} {v:.2f}s" for k, v in r["time_s"].items() if v is not None)
     out.print(f"guarantee: [bold]{GUARANTEE_TEXT[r['guarantee']]}[/bold]")
     out.print(f"avg_gap: {_fmt(r['avg_gap'])}   time: {times}")
+    if "exact" in r:
+        e = r["exact"]
+        out.print(f"deletion ({e['scheme']}): {e['deleted']} id(s) in shard(s) {e['shards_touched']}; "
+                  f"blocks deactivated {e['models_deactivated']}, models retrained {e['models_retrained']}, "
+                  f"examples reprocessed {e['examples_reprocessed']} ({e['fraction_reprocessed']:.1%})"
+                  + (f"; already deleted: {e['already_deleted']}" if e["already_deleted"] else ""))
 
 
 def _print_bench(doc: dict[str, Any]) -> None:
@@ -84,6 +94,7 @@ def run(task: str = typer.Option(..., "--task", help="task name (see `obliviate 
         save_model: Optional[str] = typer.Option(None, "--save-model", help="write the unlearned model (.safetensors + .sha256)"),
         cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="model cache (default $OBLIVIATE_CACHE or ~/.cache/obliviate)"),
         no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the model cache"),
+        executor: str = ExecutorOpt, ray_address: Optional[str] = RayOpt,
         quiet: bool = typer.Option(False, "--quiet", help="no progress bars or table")) -> None:
     """Train (or load) the original, unlearn, compare with the retrain oracle, print a table."""
     _quiet(quiet)
@@ -92,7 +103,7 @@ def run(task: str = typer.Option(..., "--task", help="task name (see `obliviate 
     task_opts, recipe, per_method = api.route_overrides(task, [method], split_overrides(set_ or []))
     result = api.unlearn(task, method, forget, seed=seed, device=device, oracle=not no_oracle,
                          task_options=task_opts, train=recipe, cache_dir=cache_dir, use_cache=not no_cache,
-                         **per_method[method])
+                         executor=executor, ray_address=ray_address, **per_method[method])
     report = result.report
     if save_model:
         from obliviate.models.store import save_state_file
@@ -107,7 +118,8 @@ def run(task: str = typer.Option(..., "--task", help="task name (see `obliviate 
         _print_run(report)
 
 
-def _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cache_dir, no_cache, quiet):
+def _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cache_dir, no_cache, quiet,
+           executor="local", ray_address=None):
     for path, flag in ((json_path, "--json"), (html_path, "--html")):
         check_output_path(path, flag)
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -115,7 +127,8 @@ def _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cac
         lambda r: err.print(f"  {r['method']:<16} seed {r['seed']}  avg_gap {_fmt(r['avg_gap'])}  "
                             f"unlearn {r['time_s']['unlearn']:.2f}s"))
     doc = api.bench(task, names, forget, seeds=seeds, device=device, overrides=split_overrides(set_ or []),
-                    cache_dir=cache_dir, use_cache=not no_cache, on_run=progress)
+                    cache_dir=cache_dir, use_cache=not no_cache, on_run=progress, executor=executor,
+                    ray_address=ray_address)
     if json_path:
         write_json(doc, json_path)
     if html_path:
@@ -136,10 +149,12 @@ def bench(task: str = typer.Option(..., "--task", help="task name"),
           html_path: Optional[str] = typer.Option(None, "--html", help="write a self-contained HTML report here"),
           cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="model cache directory"),
           no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the model cache"),
+          executor: str = ExecutorOpt, ray_address: Optional[str] = RayOpt,
           quiet: bool = typer.Option(False, "--quiet", help="no progress or table")) -> None:
     """Several methods side by side on the same forget set; original and oracle computed once per seed."""
     _quiet(quiet)
-    _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cache_dir, no_cache, quiet)
+    _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cache_dir, no_cache, quiet,
+           executor, ray_address)
 
 
 @app.command()

@@ -87,24 +87,29 @@ def progress_bar(description: str, total: int):
 
 
 def train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, recipe, kind: str, seed: int,
-          device: torch.device | str = "cpu", description: str = "train") -> torch.nn.Module:
+          device: torch.device | str = "cpu", description: str = "train", *, epochs: int | None = None,
+          fit_normalizer: bool = True) -> torch.nn.Module:
     """Train ``model`` (fresh, seeded by the caller) on ``(x, y)`` with ``recipe``; deterministic on CPU.
 
     The data order depends only on ``seed`` and ``len(x)``, so a model trained on the retain set is a
-    function of the retain set alone.
+    function of the retain set alone. Only parameters with ``requires_grad`` are optimised (S3T freezes
+    all but one LoRA block and the head); ``epochs`` overrides the recipe's (SISA's per-slice schedule).
     """
     device = torch.device(device)
     seed_everything(seed)
-    if hasattr(model, "fit_normalizer"):
+    epochs = recipe.epochs if epochs is None else epochs
+    if fit_normalizer and hasattr(model, "fit_normalizer"):
         model.fit_normalizer(x, y)
     model.to(device).train()
     xt, yt = to_tensors(x, y, device)
     opt = make_optimizer(model.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum)
     gen = torch.Generator().manual_seed(seed)
     n = len(xt)
+    if n == 0 or epochs == 0:
+        return model.eval()
     steps_per_epoch = (n + recipe.batch_size - 1) // recipe.batch_size
-    with progress_bar(description, recipe.epochs * steps_per_epoch) as advance:
-        for _ in range(recipe.epochs):
+    with progress_bar(description, epochs * steps_per_epoch) as advance:
+        for _ in range(epochs):
             for idx in batches(n, recipe.batch_size, gen):
                 idx = idx.to(device)
                 loss = task_loss(kind, model, model(xt[idx]), yt[idx])

@@ -36,7 +36,8 @@ class UnlearnContext:
     recipe: Any                       # the task's training recipe (for retraining-style methods)
     seed: int
     device: torch.device
-    extras: dict[str, Any] = field(default_factory=dict)
+    runtime: Any = None               # obliviate.distributed.Runtime: executor for parallel jobs
+    extras: dict[str, Any] = field(default_factory=dict)  # sharded methods: "system" in, "cost" out
 
     @property
     def kind(self) -> str:
@@ -57,6 +58,9 @@ class Method:
     config_class: ClassVar[type] = MethodConfig
     summary: ClassVar[str] = ""
     reference: ClassVar[str] = ""
+    #: Training-time methods (SISA, S3T) own how the original is trained: the pipeline calls ``fit`` for the
+    #: original and passes the fitted system to ``unlearn`` as ``ctx.extras["system"]``.
+    trains_original: ClassVar[bool] = False
 
     def __init__(self, config: Any | None = None):
         self.config = config if config is not None else self.config_class()
@@ -64,9 +68,18 @@ class Method:
     def unlearn(self, ctx: UnlearnContext) -> torch.nn.Module:
         raise NotImplementedError
 
+    def fit(self, task, train_ids: np.ndarray, recipe, seed: int, runtime):
+        """Training-time methods only: train the system on ``train_ids``; it must offer ``served_model()``,
+        ``delete(ids, runtime)``, ``tensors()``, ``meta()`` and ``copy()``."""
+        raise NotImplementedError
+
+    def restore(self, task, recipe, seed: int, tensors: dict, meta: dict):
+        """Training-time methods only: rebuild a fitted system from ``tensors()`` and ``meta()``."""
+        raise NotImplementedError
+
     @classmethod
     def info(cls) -> dict[str, Any]:
         from obliviate.config import describe
 
         return {"name": cls.name, "guarantee": cls.guarantee, "needs": sorted(cls.needs), "kinds": list(cls.kinds),
-                "summary": cls.summary, "reference": cls.reference, "config": describe(cls.config_class)}
+                "trains_original": cls.trains_original, "summary": cls.summary, "reference": cls.reference, "config": describe(cls.config_class)}

@@ -132,3 +132,30 @@ class ModelStore:
         meta = dict(meta, sha256=save_state_file(model, weights), key=key)
         _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
         return meta
+
+    # -- whole systems (SISA/S3T checkpoints): many tensors in one safetensors file + JSON metadata ------------
+    def get_tensors(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        if not self.enabled:
+            return None
+        weights, meta_path = self._paths(key)
+        if not (weights.is_file() and meta_path.is_file()):
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            tensors = load_state_file(weights, meta["sha256"])
+        except (IntegrityError, ValueError, KeyError, OSError):
+            for p in (weights, meta_path, Path(f"{weights}.sha256")):
+                p.unlink(missing_ok=True)
+            return None
+        return tensors, meta
+
+    def put_tensors(self, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+        blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+        digest = hashlib.sha256(blob).hexdigest()
+        meta = dict(meta, sha256=digest, key=key)
+        if self.enabled:
+            weights, meta_path = self._paths(key)
+            _atomic_write(weights, lambda tmp: Path(tmp).write_bytes(blob))
+            _atomic_write(Path(f"{weights}.sha256"), lambda tmp: Path(tmp).write_text(f"{digest}  {weights.name}\n"))
+            _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
+        return meta
