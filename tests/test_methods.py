@@ -235,10 +235,12 @@ def test_method_moves_forget_metric_toward_oracle(name, kind):
     m = report["metrics"]
     original, unlearned, oracle = m["original"][key], m["unlearned"][key], m["oracle"][key]
     # the set-up is meaningful: the original and the oracle disagree clearly on the forget set
+    # a training-time method's original is its own sharded ensemble: weaker shards, smaller margin
+    sharded = obliviate.get_method(name).trains_original
     if kind == "classification":
-        assert original >= 0.95 and oracle <= 0.05
+        assert original >= (0.8 if sharded else 0.95) and oracle <= 0.05
     else:
-        assert oracle > 1.5 * original
+        assert oracle > (1.1 if sharded else 1.5) * original
     assert math.isfinite(unlearned)
     assert abs(unlearned - oracle) < abs(original - oracle), (
         f"{name} on {TASK[kind]}: {key} original {original:.4f}, unlearned {unlearned:.4f}, oracle {oracle:.4f}")

@@ -37,9 +37,12 @@ class LoRALinear(nn.Module):
 
 
 def linear_layers(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
-    """(parent, attribute name, layer) of every nn.Linear in registration order."""
+    """(parent, attribute name, layer) of every nn.Linear in registration order, not counting the frozen
+    base layer inside a LoRALinear (so after ``inject`` the last entry is still the head)."""
     out = []
     for parent in model.modules():
+        if isinstance(parent, LoRALinear):
+            continue
         for name, child in parent.named_children():
             if isinstance(child, nn.Linear):
                 out.append((parent, name, child))

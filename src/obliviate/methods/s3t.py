@@ -12,9 +12,9 @@ from obliviate.methods.base import Method, MethodConfig
 
 @dataclass
 class S3TConfig(MethodConfig):
-    """Plan, sequence budget and LoRA settings. rsLoRA scaling as the official code (``use_rslora=True``);
-    rank 8 / α 16 (the official runs use 16–32 on 768–4096-wide layers; these nets are 64–256 wide); one
-    LoRA block per position on every Linear but the head, the head trained at every position and snapshotted.
+    """Plan, sequence budget and LoRA settings. rsLoRA scaling and rank 16 / α 16 as the official ViT runs
+    (``src/s3t_vit.py``); one LoRA block per position on every Linear but the head, the head trained at every
+    position and snapshotted.
     ``epochs`` per position and ``lr`` (Adam, the task recipe's optimiser) are obliviate's choices for the
     small nets, not the paper's (ViT: lr 2e-4, 15 epochs)."""
 
@@ -24,7 +24,7 @@ class S3TConfig(MethodConfig):
     selection: Literal["cyclic", "bms", "prior", "random"] = field(
         default="cyclic", metadata={"help": "sequence selection: cyclic rotation, bipartite matching, deletion prior"})
     prior: tuple[float, ...] = field(default=(), metadata={"help": "per-slice deletion probabilities (selection=prior)"})
-    rank: int = field(default=8, metadata={"help": "LoRA rank r", "min": 1})
+    rank: int = field(default=16, metadata={"help": "LoRA rank r", "min": 1})
     alpha: float = field(default=16.0, metadata={"help": "LoRA α (scale α/√r, rsLoRA)", "gt": 0})
     epochs: int = field(default=10, metadata={"help": "epochs per position on the cumulative prefix", "min": 1})
     lr: float = field(default=3e-3, metadata={"help": "learning rate of each position", "gt": 0})
