@@ -51,19 +51,26 @@ METHOD_KIND = [pytest.param(m.name, kind, id=f"{m.name}-{TASK[kind]}")
                for m in METHODS for kind in KINDS if kind in m.kinds]
 
 
-def _unlearn(name: str, kind: str) -> obliviate.RunResult:
-    return obliviate.unlearn(TASK[kind], name, FORGET[kind], seed=0, train=TRAIN[kind],
-                             **STRONGER.get((name, kind), {}))
+def _unlearn(name: str, kind: str, **extra) -> obliviate.RunResult:
+    # sharded methods train in-process here (the executors have their own agreement tests in test_exact.py)
+    small = SMALL_SHARDED.get(name, {})
+    return obliviate.unlearn(TASK[kind], name, FORGET[kind], seed=0, train=TRAIN[kind], executor="serial",
+                             **STRONGER.get((name, kind), {}), **small, **extra)
 
 
-_RESULTS: dict[tuple[str, str], obliviate.RunResult] = {}
+# sharded methods on a small plan to keep the suite fast (defaults are exercised by benchmarks/exact.py)
+SMALL_SHARDED = {"sisa": {"shards": 3, "slices": 2}, "s3t": {"shards": 3, "slices": 2, "budget": 2, "epochs": 4}}
 
 
-def _result(name: str, kind: str) -> obliviate.RunResult:
-    """One unlearn per (method, kind) shared by the tests of this module."""
-    if (name, kind) not in _RESULTS:
-        _RESULTS[(name, kind)] = _unlearn(name, kind)
-    return _RESULTS[(name, kind)]
+_RESULTS: dict[tuple, obliviate.RunResult] = {}
+
+
+def _result(name: str, kind: str, **extra) -> obliviate.RunResult:
+    """One unlearn per (method, kind, extra config) shared by the tests of this module."""
+    key = (name, kind, tuple(sorted(extra.items())))
+    if key not in _RESULTS:
+        _RESULTS[key] = _unlearn(name, kind, **extra)
+    return _RESULTS[key]
 
 
 def _assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -242,6 +249,14 @@ def test_method_moves_forget_metric_toward_oracle(name, kind):
     else:
         assert oracle > (1.1 if sharded else 1.5) * original
     assert math.isfinite(unlearned)
+    if sharded and kind == "regression":
+        # an exact sharded method's target is its own scheme retrained without the cohort, not the plain
+        # oracle (on friedman target>=20 the retrained SISA ensemble extrapolates worse than the plain
+        # MLP): check that instead — the served weights equal a from-scratch retrain of the same plan
+        verified = _result(name, kind, verify=True).report["exact"]["verification"]
+        assert verified["verified"] and verified["max_abs_diff"] == 0.0 and verified["shards_checked"] >= 1
+        assert abs(unlearned - original) > 0.1  # and the deletion did change the model's forget error
+        return
     assert abs(unlearned - oracle) < abs(original - oracle), (
         f"{name} on {TASK[kind]}: {key} original {original:.4f}, unlearned {unlearned:.4f}, oracle {oracle:.4f}")
     # the method's report is well formed

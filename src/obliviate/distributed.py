@@ -6,6 +6,7 @@ bit-identical across executors on CPU.
 """
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -59,11 +60,32 @@ def run_jobs(fn: Callable, jobs: Sequence[tuple], runtime: Runtime | None = None
     if runtime.executor == "serial" or (runtime.executor == "local" and workers == 1):
         return [call_single_threaded(fn, args) for args in jobs]
     if runtime.executor == "local":
-        # spawn: a clean interpreter per worker, no inherited OpenMP/thread-pool state from the parent
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(call_single_threaded, fn, args) for args in jobs]
-            return [f.result() for f in futures]
+        pool = _local_pool(workers)
+        futures = [pool.submit(call_single_threaded, fn, args) for args in jobs]
+        return [f.result() for f in futures]
     return _run_ray(fn, jobs, runtime, workers)
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _local_pool(workers: int) -> ProcessPoolExecutor:
+    """One process pool per worker count, kept for the life of the process: spawning interpreters that
+    import torch costs seconds, more than training a shard of a small task."""
+    pool = _POOLS.get(workers)
+    if pool is None:
+        # spawn: a clean interpreter per worker, no inherited OpenMP/thread-pool state from the parent
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        _POOLS[workers] = pool
+        if len(_POOLS) == 1:
+            atexit.register(shutdown_pools)
+    return pool
+
+
+def shutdown_pools() -> None:
+    for pool in _POOLS.values():
+        pool.shutdown(wait=True, cancel_futures=True)
+    _POOLS.clear()
 
 
 def _run_ray(fn: Callable, jobs: list[tuple], runtime: Runtime, workers: int) -> list[Any]:

@@ -28,6 +28,8 @@ class S3TConfig(MethodConfig):
     alpha: float = field(default=16.0, metadata={"help": "LoRA α (scale α/√r, rsLoRA)", "gt": 0})
     epochs: int = field(default=10, metadata={"help": "epochs per position on the cumulative prefix", "min": 1})
     lr: float = field(default=3e-3, metadata={"help": "learning rate of each position", "gt": 0})
+    verify: bool = field(default=False, metadata={"help": "after the deletion, retrain each live shard's served prefix "
+                                                          "from scratch and check the weights are identical (costly)"})
 
     def validate(self) -> None:
         import math
@@ -66,4 +68,7 @@ class S3T(Method):
     def unlearn(self, ctx):
         system = ctx.extras["system"]
         ctx.extras["cost"] = system.delete(ctx.forget_ids, ctx.runtime)
-        return system.served_model()
+        served = system.served_model()
+        if self.config.verify:  # outside the timed deletion: the report keeps the deletion's own cost
+            ctx.extras["cost"]["verification"] = system.verify(ctx.runtime)
+        return served

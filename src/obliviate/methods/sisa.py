@@ -19,6 +19,8 @@ class SisaConfig(MethodConfig):
     slices: int = field(default=4, metadata={"help": "cumulative slices per shard (one checkpoint each)", "min": 1})
     aggregation: Literal["vote", "softmax"] = field(
         default="vote", metadata={"help": "vote (official default 'argmax') or softmax (posterior averaging)"})
+    verify: bool = field(default=False, metadata={"help": "after the deletion, retrain the live shards from scratch "
+                                                          "and check the served weights are identical (costly)"})
 
 
 @register
@@ -41,4 +43,7 @@ class Sisa(Method):
     def unlearn(self, ctx):
         system = ctx.extras["system"]
         ctx.extras["cost"] = system.delete(ctx.forget_ids, ctx.runtime)
-        return system.served_model()
+        served = system.served_model()
+        if self.config.verify:  # outside the timed deletion: the report keeps the deletion's own cost
+            ctx.extras["cost"]["verification"] = system.verify(ctx.runtime)
+        return served
