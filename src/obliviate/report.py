@@ -161,13 +161,34 @@ def _run_body(r: dict[str, Any]) -> str:
                       f"{r['method']} on {r['task']} — forget {r['forget']['spec']}")
     t = r.get("time_s", {})
     times = "".join(f"<tr><td>{k}</td><td>{_fmt(v)}</td></tr>" for k, v in t.items())
+    exact = ""
+    if "exact" in r:
+        e = r["exact"]
+        rows_e = [("scheme", e.get("scheme")), ("ids deleted", e.get("deleted")),
+                  ("already deleted (no-op)", len(e.get("already_deleted", []))),
+                  ("shards touched", e.get("shards_touched")), ("blocks deactivated", e.get("models_deactivated")),
+                  ("models retrained", e.get("models_retrained")), ("shards retrained", e.get("retrained_shards")),
+                  ("examples reprocessed", f"{e.get('examples_reprocessed')} ({100 * e.get('fraction_reprocessed', 0):.1f} %)"),
+                  ("plan", f"{e['plan']['shards']} shards × {e['plan']['slices']} slices, lineage sha256 "
+                           f"{e['plan']['lineage_sha256'][:16]}…")]
+        if "budget_left" in e:
+            rows_e.append(("budget left (sequences alive / served prefix)",
+                           ", ".join(f"s{b['shard']}: {b['sequences_alive']}/{b['served_prefix']}" for b in e["budget_left"])))
+        if "verification" in e:
+            v = e["verification"]
+            rows_e.append(("verified against a from-scratch retrain",
+                           f"{'identical' if v['verified'] else 'DIFFERENT'} (max |Δθ| {v['max_abs_diff']:.3g}, "
+                           f"{v['shards_checked']} shards)"))
+        exact = ("<table><tr><th colspan='2'>deletion cost (exact unlearning)</th></tr>"
+                 + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows_e)
+                 + "</table>")
     return (f"<h2>{html.escape(r['method'])} {_badge(r['guarantee'])}</h2>"
             f"<p class='note'>{html.escape(GUARANTEE_TEXT.get(r['guarantee'], ''))}</p>"
             f"<p>forget <code>{html.escape(r['forget']['spec'])}</code>: {r['forget']['n']} examples "
             f"(sha256 {r['forget']['sha256'][:16]}…), retain {r['retain']['n']}; seed {r['seed']}, device {r['device']}; "
             f"avg_gap <b>{_fmt(r.get('avg_gap'))}</b></p>"
             f"<table><tr><th>metric</th>{head}<th>gap to oracle</th></tr>{rows}</table>{chart}"
-            f"<table><tr><th>time</th><th>seconds</th></tr>{times}</table>"
+            f"{exact}<table><tr><th>time</th><th>seconds</th></tr>{times}</table>"
             f"<details><summary>config, recipe and versions</summary><pre>"
             f"{html.escape(json.dumps({'config': r.get('config'), 'train': r.get('train'), 'task_options': r.get('task_options'), 'models': r.get('models'), 'versions': r.get('versions')}, indent=2, default=str))}"
             f"</pre></details>")
