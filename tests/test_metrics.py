@@ -404,3 +404,81 @@ def test_evaluation_regression_mia_forgotten_rows_look_like_test():
     out = Evaluation(task, EchoRegressor(), forget, retain).compute()
     assert out["forget_mae"] == pytest.approx(5.0)
     assert out["mia"] == 0.0
+
+
+# -- oracle-relative metrics ------------------------------------------------------------------------------
+
+def test_js_divergence_hand_computed():
+    from obliviate.metrics import js_divergence
+
+    # disjoint supports: JS = ln 2; identical: 0; symmetric
+    assert js_divergence(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]))[0] == pytest.approx(np.log(2))
+    assert js_divergence(np.array([[0.3, 0.7]]), np.array([[0.3, 0.7]]))[0] == pytest.approx(0.0)
+    p, q = np.array([[0.5, 0.5]]), np.array([[1.0, 0.0]])
+    # m = (0.75, 0.25): ½[0.5 ln(0.5/0.75) + 0.5 ln(0.5/0.25)] + ½[1 ln(1/0.75)]
+    expected = 0.5 * (0.5 * np.log(0.5 / 0.75) + 0.5 * np.log(2.0)) + 0.5 * np.log(1 / 0.75)
+    assert js_divergence(p, q)[0] == pytest.approx(expected)
+    assert js_divergence(q, p)[0] == pytest.approx(expected)
+
+
+def test_oracle_relative_metrics_on_controlled_outputs():
+    """js_to_oracle / activation_distance are 0 against itself and hand-computable against a known model."""
+    import torch
+
+    from obliviate.metrics.core import Evaluation
+    from obliviate.tasks.base import TabularData
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = torch.tensor(logits, dtype=torch.float32)
+
+        def forward(self, x):
+            return self.logits.expand(len(x), -1)
+
+    class FakeTask:
+        kind = "classification"
+        n_train = 4
+        data = TabularData(np.zeros((4, 2), np.float32), np.array([0, 1, 0, 1]), np.zeros((2, 2), np.float32),
+                           np.array([0, 1]), ["a", "b"], ["0", "1"])
+
+        def make_model(self, seed):
+            return Fixed([0.0, 0.0])  # the "incompetent teacher": uniform
+
+    big = 50.0
+    model, oracle = Fixed([big, 0.0]), Fixed([0.0, big])  # one-hot on opposite classes
+    ev = Evaluation(FakeTask(), model, np.array([0, 1]), np.array([2, 3]), reference=oracle)
+    values = ev.compute(["js_to_oracle", "activation_distance", "zrf"])
+    assert values["js_to_oracle"] == pytest.approx(np.log(2), abs=1e-6)
+    assert values["activation_distance"] == pytest.approx(np.sqrt(2), abs=1e-6)
+    # JS(one-hot, uniform) = ½[ln(1/0.75)] + ½[0.5 ln(0.5/0.75)·… ] computed directly:
+    from obliviate.metrics import js_divergence
+    assert values["zrf"] == pytest.approx(1 - js_divergence(np.array([[1.0, 0.0]]), np.array([[0.5, 0.5]]))[0], abs=1e-6)
+    same = Evaluation(FakeTask(), oracle, np.array([0, 1]), np.array([2, 3]), reference=oracle)
+    assert same.compute(["js_to_oracle", "activation_distance"]) == {"js_to_oracle": 0.0, "activation_distance": 0.0}
+    assert "js_to_oracle" not in Evaluation(FakeTask(), model, np.array([0, 1]), np.array([2, 3])).compute()
+
+
+def test_wasserstein_to_oracle_hand_computed():
+    import torch
+
+    from obliviate.metrics.core import Evaluation
+    from obliviate.tasks.base import TabularData
+
+    class Shift(torch.nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c = c
+
+        def forward(self, x):
+            return x[:, 0] + self.c
+
+    class FakeReg:
+        kind = "regression"
+        n_train = 4
+        data = TabularData(np.array([[0.0], [1.0], [2.0], [3.0]], np.float32), np.zeros(4, np.float32),
+                           np.array([[0.0], [1.0]], np.float32), np.zeros(2, np.float32), ["x"], None)
+
+    ev = Evaluation(FakeReg(), Shift(2.0), np.array([0, 1]), np.array([2, 3]), reference=Shift(0.5))
+    # predictions {2, 3} vs {0.5, 1.5}: every quantile shifted by 1.5
+    assert ev.compute(["wasserstein_to_oracle"])["wasserstein_to_oracle"] == pytest.approx(1.5)

@@ -110,8 +110,8 @@ def _context(task: Task, method: Method, original: torch.nn.Module, request: For
         forget_ids=forget_ids, retain_ids=retain_ids, recipe=recipe, seed=seed, device=device, runtime=runtime)
 
 
-def _evaluate(task, model, forget_ids, retain_ids, seed, device, per_example: bool):
-    ev = Evaluation(task, model, forget_ids, retain_ids, seed=seed, device=device)
+def _evaluate(task, model, forget_ids, retain_ids, seed, device, per_example: bool, reference=None):
+    ev = Evaluation(task, model, forget_ids, retain_ids, seed=seed, device=device, reference=reference)
     values = ev.compute()
     return values, (ev.per_example() if per_example else None)
 
@@ -199,12 +199,6 @@ class Session:
             original, orig_meta, _ = self.original(seed)
         evaluation_cache = evaluation_cache if evaluation_cache is not None else {}
 
-        def cached_eval(role, model, sha):
-            key = (role, sha, seed, request.sha256)
-            if key not in evaluation_cache:
-                evaluation_cache[key] = _evaluate(task, model, request.ids, retain_ids, seed, self.device, per_ex)
-            return evaluation_cache[key]
-
         ctx = _context(task, method, original, request, self.recipe, seed, self.device, self.runtime)
         if system is not None:
             ctx.extras["system"] = system
@@ -215,19 +209,29 @@ class Session:
         model.eval()
         _check_finite(model, task, request, method)
 
-        metrics = {"original": cached_eval("original", original, orig_meta["sha256"])[0]}
-        unlearned_metrics, unlearned_pe = _evaluate(task, model, request.ids, retain_ids, seed, self.device, per_ex)
-        metrics["unlearned"] = unlearned_metrics
-        per_example = {"original": cached_eval("original", original, orig_meta["sha256"])[1], "unlearned": unlearned_pe}
+        oracle_model, oracle_meta = (self.oracle(seed, request) if with_oracle else (None, None))
+        ref_sha = oracle_meta["sha256"] if oracle_meta else None
+
+        def cached_eval(role, model, sha, reference=None):
+            key = (role, sha, ref_sha if reference is not None else None, seed, request.sha256)
+            if key not in evaluation_cache:
+                evaluation_cache[key] = _evaluate(task, model, request.ids, retain_ids, seed, self.device, per_ex,
+                                                  reference)
+            return evaluation_cache[key]
+
+        metrics, per_example = {}, {}
+        metrics["original"], per_example["original"] = cached_eval("original", original, orig_meta["sha256"], oracle_model)
+        metrics["unlearned"], per_example["unlearned"] = _evaluate(task, model, request.ids, retain_ids, seed,
+                                                                   self.device, per_ex, oracle_model)
         time_s = {"train": orig_meta.get("train_time_s"), "unlearn": unlearn_time}
         models = {"original": {"sha256": orig_meta["sha256"], "cached": orig_meta["cached"]},
                   "unlearned": {"sha256": state_sha256(model)}}
-        oracle_model = None
         gap: dict[str, float] = {}
         avg = None
         if with_oracle:
-            oracle_model, oracle_meta = self.oracle(seed, request)
-            metrics["oracle"], per_example["oracle"] = cached_eval("oracle", oracle_model, oracle_meta["sha256"])
+            # the oracle against itself: oracle-relative metrics are 0 there, so their gap is the value itself
+            metrics["oracle"], per_example["oracle"] = cached_eval("oracle", oracle_model, oracle_meta["sha256"],
+                                                                   oracle_model)
             time_s["oracle"] = oracle_meta.get("train_time_s")
             models["oracle"] = {"sha256": oracle_meta["sha256"], "cached": oracle_meta["cached"]}
             gap = gaps(metrics["unlearned"], metrics["oracle"])
@@ -280,8 +284,10 @@ def unlearn(task: str | Task, method: str | Method, forget: str = "random:0.1", 
 
 
 def evaluate(task: str | Task, model: torch.nn.Module, forget: str | ForgetRequest = "random:0.1", *,
-             seed: int = 0, device: str = "cpu", task_options: dict[str, Any] | None = None) -> dict[str, float]:
-    """The task kind's metrics of ``model`` for the forget set ``forget`` (no training involved).
+             seed: int = 0, device: str = "cpu", task_options: dict[str, Any] | None = None,
+             reference: torch.nn.Module | None = None) -> dict[str, float]:
+    """The task kind's metrics of ``model`` for the forget set ``forget`` (no training involved); with
+    ``reference`` (e.g. a retrain oracle) also the metrics measured against it (``js_to_oracle``, ...).
 
     >>> import obliviate
     >>> r = obliviate.unlearn("digits", "retrain", "class:3")                 # doctest: +SKIP
@@ -292,7 +298,8 @@ def evaluate(task: str | Task, model: torch.nn.Module, forget: str | ForgetReque
     request = forget if isinstance(forget, ForgetRequest) else resolve(forget, task_obj, seed)
     retain_ids = np.setdiff1d(np.arange(task_obj.n_train), request.ids)
     dev = resolve_device(device)
-    return _evaluate(task_obj, model.to(dev), request.ids, retain_ids, seed, dev, False)[0]
+    ref = reference.to(dev) if reference is not None else None
+    return _evaluate(task_obj, model.to(dev), request.ids, retain_ids, seed, dev, False, ref)[0]
 
 
 def bench(task: str | Task, methods: list[str], forget: str = "random:0.1", *, seeds: int | list[int] = 1,

@@ -72,6 +72,7 @@ class Evaluation:
     retain_ids: np.ndarray
     seed: int = 0
     device: Any = "cpu"
+    reference: Any = None  # the retrain oracle, for metrics measured against it (JS, activation distance, ...)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def artifact(self, name: str) -> Any:
@@ -82,7 +83,12 @@ class Evaluation:
     def compute(self, names: list[str] | None = None) -> dict[str, float]:
         available = metrics_for(self.task.kind)
         names = names or list(available)
-        values = {n: available[n].fn(*(self.artifact(a) for a in available[n].needs)) for n in names}
+        values = {}
+        for n in names:
+            inputs = [self.artifact(a) for a in available[n].needs]
+            if any(x is None for x in inputs):  # e.g. no reference model: oracle-relative metrics do not apply
+                continue
+            values[n] = available[n].fn(*inputs)
         return {n: v for n, v in values.items() if v is not None}  # None: not applicable to this forget set
 
     def per_example(self) -> dict[str, list[float]]:
@@ -130,8 +136,36 @@ def _forgotten_classes(ev: Evaluation) -> np.ndarray:
     return np.array([c for c in forgotten if not np.any(y[ev.retain_ids] == c)], dtype=np.int64)
 
 
+def _reference_forget(ev: Evaluation) -> SplitOutputs | None:
+    if ev.reference is None:
+        return None
+    d = ev.task.data
+    return SplitOutputs(predict(ev.reference, d.x_train[ev.forget_ids], ev.device), d.y_train[ev.forget_ids],
+                        ev.task.kind)
+
+
+def _incompetent_forget(ev: Evaluation) -> SplitOutputs | None:
+    """Outputs of a randomly initialised model of the same architecture (Bad Teacher's incompetent teacher)."""
+    import torch
+
+    if not hasattr(ev.task, "make_model"):
+        return None
+    from obliviate.exact.plan import derive_seed
+
+    state = torch.random.get_rng_state()
+    try:
+        model = ev.task.make_model(derive_seed(ev.seed, "incompetent-teacher"))
+    finally:
+        torch.random.set_rng_state(state)
+    d = ev.task.data
+    return SplitOutputs(predict(model.to(ev.device), d.x_train[ev.forget_ids], ev.device), d.y_train[ev.forget_ids],
+                        ev.task.kind)
+
+
 ARTIFACTS: dict[str, Callable[[Evaluation], Any]] = {
     "forgotten_classes": _forgotten_classes,
+    "reference_forget": _reference_forget,
+    "incompetent_forget": _incompetent_forget,
     "forget": _outputs("forget_ids"),
     "retain": _outputs("retain_ids"),
     "test": _outputs(None),
@@ -193,3 +227,31 @@ def _test_mae(t):
 @metric("mia", _REG, ("mia_shadow", "forget"), "regression MIA: fraction of forget rows called members (SVC on L1)")
 def _mia_reg(shadow, f):
     return M.regression_mia(shadow[0], shadow[1], f.abs_err)
+
+
+# -- measured against the oracle (evaluation.md §4; §7 for regression) ----------------------------------------
+
+@metric("js_to_oracle", _CLS, ("forget", "reference_forget"),
+        "mean Jensen–Shannon divergence (nats) between the model's and the oracle's softmax on the forget set")
+def _js_to_oracle(f, ref):
+    return float(C.js_divergence(f.probs, ref.probs).mean())
+
+
+@metric("activation_distance", _CLS, ("forget", "reference_forget"),
+        "mean L2 distance between the model's and the oracle's softmax on the forget set (Bad Teacher)")
+def _activation_distance(f, ref):
+    return float(np.linalg.norm(f.probs - ref.probs, axis=1).mean())
+
+
+@metric("zrf", _CLS, ("forget", "incompetent_forget"),
+        "Zero Retrain Forgetting: 1 − mean JS to a randomly initialised model on the forget set (clean batch-mean JS)")
+def _zrf(f, incompetent):
+    return float(1.0 - C.js_divergence(f.probs, incompetent.probs).mean())
+
+
+@metric("wasserstein_to_oracle", _REG, ("forget", "reference_forget"),
+        "Wasserstein-1 distance between the model's and the oracle's predictions on the forget set (DRU)")
+def _wasserstein_to_oracle(f, ref):
+    from scipy.stats import wasserstein_distance
+
+    return float(wasserstein_distance(f.pred, ref.pred))
