@@ -12,6 +12,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Tiny nets: one intra-op thread is as fast as two and never oversubscribes the 2-core CI machine when the
+# local process pool or a CLI subprocess runs beside the test process (results do not depend on it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("obliviate-cache")
