@@ -45,6 +45,22 @@ def task_loss(kind: str, model: torch.nn.Module, out: torch.Tensor, y: torch.Ten
     return per_example_loss(kind, model, out, y).mean()
 
 
+def gradient_norm_penalty(loss: torch.Tensor, params: list[torch.Tensor], norm: str = "per_tensor") -> torch.Tensor:
+    """IAU's gradient restriction term (methods.md §17): Σ_tensors ‖∇_θ loss‖₂ (``per_tensor``, the official
+    ``train_model.py``) or ‖∇_θ loss‖₂ over all parameters at once (``global``, the README's formula).
+
+    The gradient is taken with ``create_graph=True`` so the penalty itself can be back-propagated.
+    """
+    grads = [g for g in torch.autograd.grad(loss, params, create_graph=True, allow_unused=True) if g is not None]
+    if not grads:
+        return loss.new_zeros(())
+    if norm == "per_tensor":
+        return torch.stack([torch.linalg.vector_norm(g) for g in grads]).sum()
+    if norm == "global":
+        return torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))
+    raise ObliviateError(f"unknown grad_restriction_norm {norm!r}; expected per_tensor or global")
+
+
 def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
     params = [p for p in params if p.requires_grad]
     if name == "sgd":
@@ -108,11 +124,17 @@ def train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, recipe, kind: st
     if n == 0 or epochs == 0:
         return model.eval()
     steps_per_epoch = (n + recipe.batch_size - 1) // recipe.batch_size
+    # IAU gradient restriction (off by default; the plain path below is unchanged when it is off)
+    gr_alpha = float(getattr(recipe, "grad_restriction", 0.0) or 0.0)
+    gr_norm = getattr(recipe, "grad_restriction_norm", "per_tensor")
+    gr_params = [p for p in model.parameters() if p.requires_grad] if gr_alpha > 0 else []
     with progress_bar(description, epochs * steps_per_epoch) as advance:
         for _ in range(epochs):
             for idx in batches(n, recipe.batch_size, gen):
                 idx = idx.to(device)
                 loss = task_loss(kind, model, model(xt[idx]), yt[idx])
+                if gr_alpha > 0:
+                    loss = loss + gr_alpha * gradient_norm_penalty(loss, gr_params, gr_norm)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

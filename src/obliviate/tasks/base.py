@@ -27,6 +27,11 @@ class TrainRecipe:
     optimizer: Literal["adam", "sgd"] = field(default="adam", metadata={"help": "adam or sgd"})
     weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay", "min": 0})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum", "min": 0, "max": 1})
+    grad_restriction: float = field(default=0.0, metadata={
+        "help": "IAU gradient restriction alpha: train on loss + alpha*||grad loss|| (0 = off; official 0.005)",
+        "min": 0})
+    grad_restriction_norm: Literal["per_tensor", "global"] = field(default="per_tensor", metadata={
+        "help": "per_tensor: sum of per-tensor L2 norms (IAU code); global: one L2 norm over all (IAU README)"})
 
 
 @dataclass
