@@ -15,15 +15,18 @@ import numpy as np
 import torch
 
 from obliviate.config import as_dict, build_config
-from obliviate.distributed import Runtime
+from obliviate.distributed import Runtime, run_jobs
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.methods import Method, UnlearnContext, get_method
 from obliviate.metrics import Evaluation, avg_gap, gaps
+from obliviate.metrics import challenge as challenge_metric
+from obliviate.metrics.relearn import (RelearnConfig, anamnesis_index, forget_metric, relearn_config_summary,
+                                       relearn_time, target_value)
 from obliviate.models.store import ModelStore, content_key, state_sha256
 from obliviate.oracle import STORE_FORMAT, retrain_oracle, train_original
 from obliviate.requests import ForgetRequest, ids_sha256, resolve
 from obliviate.tasks import Task, get_task, task_class
-from obliviate.training import resolve_device, seed_everything, to_tensors
+from obliviate.training import predict, resolve_device, seed_everything, to_tensors
 
 RUN_SCHEMA = "obliviate.run/1"
 BENCH_SCHEMA = "obliviate.bench/1"
@@ -139,6 +142,73 @@ def _check_finite(model: torch.nn.Module, task: Task, request: ForgetRequest, me
                          "lower its lr or epochs (--set lr=..., --set epochs=...)")
 
 
+# -- the NeurIPS 2023 challenge: N unlearned runs and N retrained oracles, as executor jobs ------------------
+
+def _challenge_outputs(task, model, forget_ids, retain_ids, device) -> dict[str, Any]:
+    """What the challenge needs from one model: forget-set logit-scaled confidences and the accuracies."""
+    d = task.data
+    yf = d.y_train[forget_ids]
+    out_f = predict(model, d.x_train[forget_ids], device)
+    out_r = predict(model, d.x_train[retain_ids], device)
+    out_t = predict(model, d.x_test, device)
+    return {"conf": challenge_metric.logit_scaled_confidence(out_f, yf),
+            "forget_acc": float((out_f.argmax(axis=1) == yf).mean()),
+            "retain_acc": float((out_r.argmax(axis=1) == d.y_train[retain_ids]).mean()),
+            "test_acc": float((out_t.argmax(axis=1) == d.y_test).mean())}
+
+
+def _challenge_unlearn_job(task, method: Method, original: torch.nn.Module, request: ForgetRequest, recipe,
+                           seed: int, device: str, system=None) -> dict[str, Any]:
+    """One run of the unlearning algorithm from the (shared) original, with unlearning seed ``seed``."""
+    dev = torch.device(device)
+    ctx = _context(task, method, original.to(dev), request, recipe, seed, dev, Runtime(device=dev, executor="serial"))
+    if system is not None:
+        ctx.extras["system"] = system
+    seed_everything(seed)
+    model = method.unlearn(ctx)
+    model.eval()
+    _check_finite(model, task, request, method)
+    return _challenge_outputs(task, model, request.ids, ctx.retain_ids, dev)
+
+
+def _challenge_oracle_job(task, retain_ids: np.ndarray, forget_ids: np.ndarray, recipe, seed: int, device: str,
+                          store_root: str, store_enabled: bool) -> dict[str, Any]:
+    """One retrained model (training seed ``seed``, retain set only), from the model cache when it is there."""
+    dev = torch.device(device)
+    model, meta = retrain_oracle(task, retain_ids, recipe, seed, dev, ModelStore(store_root, enabled=store_enabled))
+    return dict(_challenge_outputs(task, model, forget_ids, retain_ids, dev), cached=bool(meta["cached"]))
+
+
+def _relearn_config(relearn: bool | dict | RelearnConfig | None) -> RelearnConfig | None:
+    if relearn is None or relearn is False:
+        return None
+    if relearn is True:
+        return RelearnConfig()
+    if isinstance(relearn, RelearnConfig):
+        return relearn
+    if isinstance(relearn, dict):
+        valid = {f.name for f in dataclasses.fields(RelearnConfig)}
+        unknown = sorted(set(relearn) - valid)
+        if unknown:
+            raise ConfigError(f"unknown relearn key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+        return RelearnConfig(**relearn)
+    raise ConfigError(f"relearn must be true/false, a dict or a RelearnConfig, got {relearn!r}")
+
+
+def _check_challenge(n: int, task: Task) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ObliviateError(f"--challenge must be an integer number of models, got {n!r}")
+    n = int(n)
+    if n == 0:
+        return 0
+    if n < 3:
+        raise ObliviateError(f"--challenge N needs N >= 3 (N retrained and N unlearned models per method; with N = 2 the official buckets are empty and F is always 0), got {n}")
+    if task.kind != "classification":
+        raise ObliviateError(f"--challenge needs a classification task (it scores logit-scaled confidences); "
+                             f"{task.name} is a {task.kind} task")
+    return n
+
+
 class Session:
     """Shared state of one run or bench: the task, the store, the device; originals and oracles computed once."""
 
@@ -148,6 +218,8 @@ class Session:
         self._originals: dict[int, tuple] = {}
         self._oracles: dict[tuple, tuple] = {}
         self._systems: dict[tuple, tuple] = {}
+        self._challenge_oracles: dict[tuple, list[dict[str, Any]]] = {}
+        self._relearn: dict[tuple, Any] = {}
 
     def system(self, method: Method, seed: int):
         """A training-time method's fitted system on the full training set (cached like any original)."""
@@ -185,8 +257,52 @@ class Session:
             self._oracles[key] = retrain_oracle(self.task, retain_ids, self.recipe, seed, self.device, self.store)
         return self._oracles[key]
 
+    def challenge(self, method: Method, request: ForgetRequest, seed: int, n: int) -> dict[str, Any]:
+        """The NeurIPS 2023 challenge block for ``method``: N runs of the method (unlearning seeds 0..N-1) from the
+        one original of ``seed``, against N oracles (training seeds 0..N-1 on the retain set, cached like any
+        oracle), all fanned out over the runtime's executor (evaluation.md §3)."""
+        task = self.task
+        retain_ids = np.setdiff1d(np.arange(task.n_train), request.ids)
+        device = str(self.device)
+        key = (request.sha256, n)
+        if key not in self._challenge_oracles:
+            jobs = [(task, retain_ids, request.ids, self.recipe, i, device, str(self.store.root), self.store.enabled)
+                    for i in range(n)]
+            self._challenge_oracles[key] = run_jobs(_challenge_oracle_job, jobs, self.runtime)
+        retrained = self._challenge_oracles[key]
+        if method.trains_original:
+            system, _ = self.system(method, seed)
+            original = system.served_model()
+            systems = [self.system(method, seed)[0] for _ in range(n)]  # each run deletes from its own copy
+        else:
+            original = self.original(seed)[0]
+            systems = [None] * n
+        original = copy.deepcopy(original).cpu()
+        jobs = [(task, method, original, request, self.recipe, i, device, systems[i]) for i in range(n)]
+        start = time.perf_counter()
+        unlearned = run_jobs(_challenge_unlearn_job, jobs, self.runtime)
+        elapsed = time.perf_counter() - start
+        block = challenge_metric.challenge_result(
+            np.stack([u["conf"] for u in unlearned]), np.stack([r["conf"] for r in retrained]),
+            ra_u=[u["retain_acc"] for u in unlearned], ra_r=[r["retain_acc"] for r in retrained],
+            ta_u=[u["test_acc"] for u in unlearned], ta_r=[r["test_acc"] for r in retrained])
+        block["utility"].update(fa_u=float(np.mean([u["forget_acc"] for u in unlearned])),
+                                fa_r=float(np.mean([r["forget_acc"] for r in retrained])))
+        block["seeds"] = {"original": seed, "unlearn": list(range(n)), "oracle_train": list(range(n))}
+        block["oracles_cached"] = int(sum(r["cached"] for r in retrained))
+        block["unlearn_s"] = elapsed
+        return block
+
+    def _relearn_cached(self, role: str, sha: str, model, request: ForgetRequest, seed: int, target: float,
+                        cfg: RelearnConfig):
+        key = (role, sha, request.sha256, seed, target, cfg)
+        if key not in self._relearn:
+            self._relearn[key] = relearn_time(model, self.task, request.ids, target, config=cfg, seed=seed,
+                                              device=self.device)
+        return self._relearn[key]
+
     def run(self, method: Method, request: ForgetRequest, seed: int, with_oracle: bool = True,
-            evaluation_cache: dict | None = None) -> RunResult:
+            evaluation_cache: dict | None = None, relearn: RelearnConfig | None = None) -> RunResult:
         task = self.task
         retain_ids = np.setdiff1d(np.arange(task.n_train), request.ids)
         per_ex = request.n <= PER_EXAMPLE_LIMIT
@@ -236,6 +352,29 @@ class Session:
             models["oracle"] = {"sha256": oracle_meta["sha256"], "cached": oracle_meta["cached"]}
             gap = gaps(metrics["unlearned"], metrics["oracle"])
             avg = avg_gap(gap, task.kind)
+        relearn_block = None
+        if relearn is not None:
+            kind = task.kind
+            original_value = forget_metric(kind, original, task.data.x_train[request.ids],
+                                           task.data.y_train[request.ids], self.device)
+            target = target_value(kind, original_value, relearn.alpha)
+            rts = {"original": self._relearn_cached("original", orig_meta["sha256"], original, request, seed, target,
+                                                    relearn),
+                   "unlearned": relearn_time(model, task, request.ids, target, config=relearn, seed=seed,
+                                             device=self.device)}
+            if with_oracle:
+                rts["oracle"] = self._relearn_cached("oracle", oracle_meta["sha256"], oracle_model, request, seed,
+                                                     target, relearn)
+            metrics = {role: dict(values) for role, values in metrics.items()}  # cached dicts stay untouched
+            for role, rt in rts.items():
+                metrics[role]["relearn_steps"] = rt.steps
+            if with_oracle:
+                for role in ("original", "unlearned"):
+                    metrics[role]["anamnesis"] = anamnesis_index(rts[role].steps, rts["oracle"].steps)
+            relearn_block = {**relearn_config_summary(kind, relearn), "original_value": original_value,
+                             "target": target, "saturated": {r: rt.saturated for r, rt in rts.items()},
+                             "start": {r: rt.start for r, rt in rts.items()},
+                             "final": {r: rt.final for r, rt in rts.items()}}
         report = {
             "schema": RUN_SCHEMA, "task": task.name, "task_kind": task.kind,
             "method": method.name, "guarantee": method.guarantee, "seed": seed, "device": self.device.type,
@@ -245,6 +384,8 @@ class Session:
             "metrics": metrics, "gap": gap, "avg_gap": avg, "time_s": time_s, "models": models,
             "executor": self.runtime.executor, "versions": _versions(),
         }
+        if relearn_block is not None:
+            report["relearn"] = relearn_block
         if "cost" in ctx.extras:
             report["exact"] = ctx.extras["cost"]
             report["time_s"]["unlearn"] = ctx.extras["cost"]["time_s"]  # the deletion itself
@@ -258,8 +399,12 @@ def unlearn(task: str | Task, method: str | Method, forget: str = "random:0.1", 
             device: str = "cpu", oracle: bool = True, task_options: dict[str, Any] | None = None,
             train: dict[str, Any] | None = None, cache_dir: str | None = None, use_cache: bool = True,
             executor: str = "local", ray_address: str | None = None, workers: int | None = None,
-            **config: Any) -> RunResult:
+            relearn: bool | dict | RelearnConfig = False, **config: Any) -> RunResult:
     """Unlearn ``forget`` from ``task``'s model with ``method``; return the model and the run report.
+
+    ``relearn=True`` (or a dict of :class:`~obliviate.metrics.relearn.RelearnConfig` fields) also measures the
+    relearn time of the original, unlearned and oracle models (``metrics.*.relearn_steps``) and the anamnesis
+    index (``metrics.unlearned.anamnesis`` = unlearned ÷ oracle steps); details in ``report["relearn"]``.
 
     >>> import obliviate
     >>> result = obliviate.unlearn("digits", "finetune", "random:0.1", epochs=1)  # doctest: +SKIP
@@ -276,11 +421,12 @@ def unlearn(task: str | Task, method: str | Method, forget: str = "random:0.1", 
     else:
         method_obj = build_method(method, config, task_obj)
     recipe = task_obj.recipe(train)
+    relearn_cfg = _relearn_config(relearn)
     request = resolve(forget, task_obj, seed)
     dev = resolve_device(device)
     runtime = Runtime(device=dev, executor=executor, ray_address=ray_address, workers=workers)
     session = Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache), runtime)
-    return session.run(method_obj, request, seed, with_oracle=oracle)
+    return session.run(method_obj, request, seed, with_oracle=oracle, relearn=relearn_cfg)
 
 
 def evaluate(task: str | Task, model: torch.nn.Module, forget: str | ForgetRequest = "random:0.1", *,
@@ -305,8 +451,14 @@ def evaluate(task: str | Task, model: torch.nn.Module, forget: str | ForgetReque
 def bench(task: str | Task, methods: list[str], forget: str = "random:0.1", *, seeds: int | list[int] = 1,
           device: str = "cpu", overrides: dict[str, Any] | None = None, cache_dir: str | None = None,
           use_cache: bool = True, on_run=None, executor: str = "local", ray_address: str | None = None,
-          workers: int | None = None) -> dict[str, Any]:
-    """Run several methods on the same forget request(s), the original and oracle computed once per seed."""
+          workers: int | None = None, challenge: int = 0,
+          relearn: bool | dict | RelearnConfig = False) -> dict[str, Any]:
+    """Run several methods on the same forget request(s), the original and oracle computed once per seed.
+
+    ``challenge=N`` (N >= 3, classification) adds to each run the NeurIPS 2023 challenge block
+    ``{"n", "forgetting_quality", "score", "epsilons", "utility", ...}``: N runs of the method from the seed's
+    original against N retrained oracles (see :meth:`Session.challenge`). ``relearn`` as in :func:`unlearn`.
+    """
     if not methods:
         raise ObliviateError("--methods needs at least one method name")
     task_name = task if isinstance(task, str) else task.name
@@ -314,6 +466,8 @@ def bench(task: str | Task, methods: list[str], forget: str = "random:0.1", *, s
     task_obj = _as_task(task, task_opts)
     method_objs = [build_method(m, per_method[m], task_obj) for m in methods]
     recipe = task_obj.recipe(recipe_over)
+    n_challenge = _check_challenge(challenge, task_obj)
+    relearn_cfg = _relearn_config(relearn)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ObliviateError("--seeds must be at least 1")
@@ -324,7 +478,10 @@ def bench(task: str | Task, methods: list[str], forget: str = "random:0.1", *, s
     runs, evaluations = [], {}
     for s in seed_list:
         for m in method_objs:
-            result = session.run(m, requests[s], s, with_oracle=True, evaluation_cache=evaluations)
+            result = session.run(m, requests[s], s, with_oracle=True, evaluation_cache=evaluations,
+                                 relearn=relearn_cfg)
+            if n_challenge:
+                result.report["challenge"] = session.challenge(m, requests[s], s, n_challenge)
             runs.append(result.report)
             if on_run is not None:
                 on_run(result.report)
@@ -346,6 +503,12 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             vals = np.array([r[key] for r in rs if r[key] is not None], float)
             row[key] = float(vals.mean()) if vals.size else None
             row[f"{key}_std"] = float(vals.std()) if vals.size else None
+        if all("challenge" in r for r in rs):
+            for key, field in (("challenge_forgetting_quality", "forgetting_quality"), ("challenge_score", "score")):
+                vals = np.array([r["challenge"][field] for r in rs], float)
+                row[key] = float(vals.mean())
+                row[f"{key}_std"] = float(vals.std())
+            row["challenge_n"] = rs[0]["challenge"]["n"]
         ratios = [r["time_s"]["unlearn"] / r["time_s"]["oracle"] for r in rs if r["time_s"].get("oracle")]
         row["unlearn_s"] = float(np.mean([r["time_s"]["unlearn"] for r in rs]))
         row["time_ratio"] = float(np.mean(ratios)) if ratios else None

@@ -29,6 +29,9 @@ ExecutorOpt = typer.Option("local", "--executor", help="where shard/ensemble job
                                                         "serial, or ray")
 RayOpt = typer.Option(None, "--ray-address", help="Ray cluster address (with --executor ray); default: start a "
                                                   "local Ray instance")
+RelearnOpt = typer.Option(False, "--relearn", help="also measure relearn time (mini-batch steps until the forget "
+                                                   "metric is back within 5 % of the original's) and the anamnesis "
+                                                   "index (unlearned ÷ oracle steps)")
 SetOpt = typer.Option(None, "--set", help="key=value: task option, train.<recipe key>, or method config "
                                           "(method.key=value targets one method in bench)")
 
@@ -60,6 +63,12 @@ def _print_run(r: dict[str, Any]) -> None:
     times = ", ".join(f"{k} {v:.2f}s" for k, v in r["time_s"].items() if v is not None)
     out.print(f"guarantee: [bold]{GUARANTEE_TEXT[r['guarantee']]}[/bold]")
     out.print(f"avg_gap: {_fmt(r['avg_gap'])}   time: {times}")
+    if "relearn" in r:
+        rl = r["relearn"]
+        sat = [role for role, v in rl["saturated"].items() if v]
+        out.print(f"relearn: {rl['band']} (target {rl['target']:.4f}), adam lr {rl['lr']:g} on the {rl['data']}, "
+                  f"at most {rl['max_steps']} steps" + (f"; SATURATED (bound, not a value): {', '.join(sat)}"
+                                                        if sat else ""))
     if "exact" in r:
         e = r["exact"]
         out.print(f"deletion ({e['scheme']}): {e['deleted']} id(s) in shard(s) {e['shards_touched']}; "
@@ -70,17 +79,25 @@ def _print_run(r: dict[str, Any]) -> None:
 
 def _print_bench(doc: dict[str, Any]) -> None:
     keys = list(HEADLINE[doc["task_kind"]])
+    challenge = any("challenge_score" in s for s in doc["summary"])
+    extra = ["challenge F", "challenge score"] if challenge else []
     t = Table(title=f"{doc['task']} · forget {doc['forget']} · seeds {doc['seeds']}")
-    for col in ["method", "guarantee", *keys, "avg_gap", "unlearn s", "÷ oracle"]:
+    for col in ["method", "guarantee", *keys, "avg_gap", "unlearn s", "÷ oracle", *extra]:
         t.add_column(col, justify="left" if col in ("method", "guarantee") else "right")
     ref = doc["runs"][0]["metrics"]
     noop = avg_gap(gaps(ref["original"], ref["oracle"]), doc["task_kind"])
     for role, gap_value in (("original", noop), ("oracle", 0.0)):
-        t.add_row(f"[italic]{role}[/italic]", "", *(_fmt(ref[role].get(k)) for k in keys), _fmt(gap_value), "", "")
+        t.add_row(f"[italic]{role}[/italic]", "", *(_fmt(ref[role].get(k)) for k in keys), _fmt(gap_value), "", "",
+                  *([""] * len(extra)))
     for s in doc["summary"]:
         t.add_row(s["method"], s["guarantee"], *(_fmt(s.get(k)) for k in keys), _fmt(s.get("avg_gap")),
-                  _fmt(s.get("unlearn_s")), _fmt(s.get("time_ratio")))
+                  _fmt(s.get("unlearn_s")), _fmt(s.get("time_ratio")),
+                  *((_fmt(s.get("challenge_forgetting_quality")), _fmt(s.get("challenge_score"))) if challenge else ()))
     out.print(t)
+    if challenge:
+        n = next(s["challenge_n"] for s in doc["summary"] if "challenge_n" in s)
+        out.print(f"challenge: NeurIPS 2023 unlearning challenge metric over {n} unlearned and {n} retrained models "
+                  "per method; F = forgetting quality, score = F × (RA_U/RA_R) × (TA_U/TA_R)")
 
 
 @app.command()
@@ -97,6 +114,7 @@ def run(task: str = typer.Option(..., "--task", help="task name (see `obliviate 
         cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="model cache (default $OBLIVIATE_CACHE or ~/.cache/obliviate)"),
         no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the model cache"),
         executor: str = ExecutorOpt, ray_address: Optional[str] = RayOpt,
+        relearn: bool = RelearnOpt,
         quiet: bool = typer.Option(False, "--quiet", help="no progress bars or table")) -> None:
     """Train (or load) the original, unlearn, compare with the retrain oracle, print a table."""
     _quiet(quiet)
@@ -105,7 +123,7 @@ def run(task: str = typer.Option(..., "--task", help="task name (see `obliviate 
     task_opts, recipe, per_method = api.route_overrides(task, [method], split_overrides(set_ or []))
     result = api.unlearn(task, method, forget, seed=seed, device=device, oracle=not no_oracle,
                          task_options=task_opts, train=recipe, cache_dir=cache_dir, use_cache=not no_cache,
-                         executor=executor, ray_address=ray_address, **per_method[method])
+                         executor=executor, ray_address=ray_address, relearn=relearn, **per_method[method])
     report = result.report
     if save_model:
         from obliviate.models.store import save_state_file
@@ -121,16 +139,21 @@ def run(task: str = typer.Option(..., "--task", help="task name (see `obliviate 
 
 
 def _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cache_dir, no_cache, quiet,
-           executor="local", ray_address=None):
+           executor="local", ray_address=None, challenge=None, relearn=False):
+    if challenge is not None and challenge < 3:
+        raise ObliviateError(f"--challenge N needs N >= 3 (N retrained and N unlearned models per method; with N = 2 the official buckets are empty and F is always 0), "
+                             f"got {challenge}")
     for path, flag in ((json_path, "--json"), (html_path, "--html")):
         check_output_path(path, flag)
     names = [m.strip() for m in methods.split(",") if m.strip()]
     progress = (lambda r: None) if quiet else (
         lambda r: err.print(f"  {r['method']:<16} seed {r['seed']}  avg_gap {_fmt(r['avg_gap'])}  "
-                            f"unlearn {r['time_s']['unlearn']:.2f}s"))
+                            f"unlearn {r['time_s']['unlearn']:.2f}s"
+                            + (f"  challenge F {r['challenge']['forgetting_quality']:.4f} score "
+                               f"{r['challenge']['score']:.4f}" if "challenge" in r else "")))
     doc = api.bench(task, names, forget, seeds=seeds, device=device, overrides=split_overrides(set_ or []),
                     cache_dir=cache_dir, use_cache=not no_cache, on_run=progress, executor=executor,
-                    ray_address=ray_address)
+                    ray_address=ray_address, challenge=challenge or 0, relearn=relearn)
     if json_path:
         write_json(doc, json_path)
     if html_path:
@@ -152,11 +175,15 @@ def bench(task: str = typer.Option(..., "--task", help="task name"),
           cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="model cache directory"),
           no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the model cache"),
           executor: str = ExecutorOpt, ray_address: Optional[str] = RayOpt,
+          challenge: Optional[int] = typer.Option(
+              None, "--challenge", help="N >= 3: also score each method with the NeurIPS 2023 unlearning challenge "
+                                        "metric over N unlearning runs and N retrained oracles"),
+          relearn: bool = RelearnOpt,
           quiet: bool = typer.Option(False, "--quiet", help="no progress or table")) -> None:
     """Several methods side by side on the same forget set; original and oracle computed once per seed."""
     _quiet(quiet)
     _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cache_dir, no_cache, quiet,
-           executor, ray_address)
+           executor, ray_address, challenge, relearn)
 
 
 @app.command()

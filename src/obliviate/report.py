@@ -157,7 +157,8 @@ def _run_body(r: dict[str, Any]) -> str:
         f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{_fmt(metrics[role].get(k))}</td>" for role in roles)
         + f"<td>{_fmt(r.get('gap', {}).get(k))}</td></tr>" for k in keys)
     head = "".join(f"<th>{role}</th>" for role in roles)
-    chart = _svg_bars(keys, {role: [metrics[role].get(k) for k in keys] for role in roles},
+    plotted = [k for k in keys if k not in ("relearn_steps", "anamnesis")]  # step counts: another scale
+    chart = _svg_bars(plotted, {role: [metrics[role].get(k) for k in plotted] for role in roles},
                       f"{r['method']} on {r['task']} — forget {r['forget']['spec']}")
     t = r.get("time_s", {})
     times = "".join(f"<tr><td>{k}</td><td>{_fmt(v)}</td></tr>" for k, v in t.items())
@@ -182,16 +183,48 @@ def _run_body(r: dict[str, Any]) -> str:
         exact = ("<table><tr><th colspan='2'>deletion cost (exact unlearning)</th></tr>"
                  + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows_e)
                  + "</table>")
+    extras = _relearn_html(r) + _challenge_html(r)
     return (f"<h2>{html.escape(r['method'])} {_badge(r['guarantee'])}</h2>"
             f"<p class='note'>{html.escape(GUARANTEE_TEXT.get(r['guarantee'], ''))}</p>"
             f"<p>forget <code>{html.escape(r['forget']['spec'])}</code>: {r['forget']['n']} examples "
             f"(sha256 {r['forget']['sha256'][:16]}…), retain {r['retain']['n']}; seed {r['seed']}, device {r['device']}; "
             f"avg_gap <b>{_fmt(r.get('avg_gap'))}</b></p>"
             f"<table><tr><th>metric</th>{head}<th>gap to oracle</th></tr>{rows}</table>{chart}"
-            f"{exact}<table><tr><th>time</th><th>seconds</th></tr>{times}</table>"
+            f"{exact}{extras}<table><tr><th>time</th><th>seconds</th></tr>{times}</table>"
             f"<details><summary>config, recipe and versions</summary><pre>"
             f"{html.escape(json.dumps({'config': r.get('config'), 'train': r.get('train'), 'task_options': r.get('task_options'), 'models': r.get('models'), 'versions': r.get('versions')}, indent=2, default=str))}"
             f"</pre></details>")
+
+
+def _relearn_html(r: dict[str, Any]) -> str:
+    """Relearn time / anamnesis: how it was measured and which runs hit the step bound."""
+    rl = r.get("relearn")
+    if not rl:
+        return ""
+    sat = [role for role, v in rl.get("saturated", {}).items() if v]
+    return (f"<p class='note'>relearn_steps: Adam (lr {_fmt(rl.get('lr'))}, batch {rl.get('batch_size')}) on the "
+            f"{html.escape(str(rl.get('data')))} until {html.escape(str(rl.get('band')))} (alpha {_fmt(rl.get('alpha'))}, "
+            f"target {_fmt(rl.get('target'))}), at most {rl.get('max_steps')} steps; anamnesis = relearn_steps ÷ the "
+            f"oracle's (≈ 1 ideal, ≪ 1: the forgotten data comes back at once)."
+            + (f" <b>Saturated (a bound, not a value): {html.escape(', '.join(sat))}.</b>" if sat else "") + "</p>")
+
+
+def _challenge_html(r: dict[str, Any]) -> str:
+    """The NeurIPS 2023 challenge block of one run."""
+    c = r.get("challenge")
+    if not c:
+        return ""
+    u, e = c.get("utility", {}), c.get("epsilons", {})
+    rows = [("models (unlearned / retrained)", f"{c['n']} / {c['n']}"),
+            ("forgetting quality F", _fmt(c.get("forgetting_quality"))), ("final score", _fmt(c.get("score"))),
+            ("RA unlearned / retrained", f"{_fmt(u.get('ra_u'))} / {_fmt(u.get('ra_r'))}"),
+            ("TA unlearned / retrained", f"{_fmt(u.get('ta_u'))} / {_fmt(u.get('ta_r'))}"),
+            ("ε median [q10, q90]", f"{_fmt(e.get('median'))} [{_fmt(e.get('q10'))}, {_fmt(e.get('q90'))}]"),
+            ("ε capped at 50 / beyond the last bucket / undetermined",
+             f"{e.get('capped')} / {e.get('beyond_buckets')} / {e.get('undetermined')} of {e.get('n')}"),
+            ("buckets (ε bound ceil(ln(N−1)))", f"{e.get('buckets')} ({_fmt(e.get('max_epsilon'))})")]
+    return ("<table><tr><th colspan='2'>NeurIPS 2023 unlearning challenge metric</th></tr>"
+            + "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in rows) + "</table>")
 
 
 def render_run_html(report: dict[str, Any]) -> str:
@@ -207,20 +240,24 @@ def render_bench_html(doc: dict[str, Any]) -> str:
     ref = doc["runs"][0]["metrics"] if doc.get("runs") else {}
     best = min((s["avg_gap"] for s in summary if s.get("avg_gap") is not None and s["method"] != "retrain"),
                default=None)
+    challenge = any("challenge_score" in s for s in summary)
+    blank_ch = "<td></td><td></td>" if challenge else ""
     rows = []
     noop = avg_gap(gaps(ref["original"], ref["oracle"]), kind) if "oracle" in ref and "original" in ref else None
     for role, gap_value in (("original", noop), ("oracle", 0.0 if "oracle" in ref else None)):
         if role in ref:
             rows.append(f"<tr><td><i>{role}</i> (seed {doc['runs'][0]['seed']})</td><td></td>"
                         + "".join(f"<td>{_fmt(ref[role].get(k))}</td>" for k in keys)
-                        + f"<td>{_fmt(gap_value)}</td><td></td><td></td></tr>")
+                        + f"<td>{_fmt(gap_value)}</td><td></td><td></td>{blank_ch}</tr>")
     for s in summary:
         cls = " class='best'" if best is not None and s.get("avg_gap") == best else ""
         rows.append(f"<tr{cls}><td>{html.escape(s['method'])}</td><td>{_badge(s['guarantee'])}</td>"
                     + "".join(f"<td>{_fmt(s.get(k))}" + (f" ± {_fmt(s.get(k + '_std'))}" if s.get("n_seeds", 1) > 1 else "")
                               + "</td>" for k in keys)
                     + f"<td>{_fmt(s.get('avg_gap'))}</td><td>{_fmt(s.get('unlearn_s'))}</td>"
-                    f"<td>{_fmt(s.get('time_ratio'))}</td></tr>")
+                    f"<td>{_fmt(s.get('time_ratio'))}</td>"
+                    + (f"<td>{_fmt(s.get('challenge_forgetting_quality'))}</td><td>{_fmt(s.get('challenge_score'))}</td>"
+                       if challenge else "") + "</tr>")
     head = "".join(f"<th>{k}</th>" for k in keys)
     methods = [s["method"] for s in summary]
     chart_gap = _svg_bars(methods, {"avg_gap": [s.get("avg_gap") for s in summary]}, "average gap to the retrain oracle (lower is better)")
@@ -240,7 +277,11 @@ def render_bench_html(doc: dict[str, Any]) -> str:
             f"seed trained on the retain set only. Rows are means ± std over seeds; the original's avg_gap is the gap "
             f"of doing nothing; time ratio = unlearn time ÷ the oracle's retrain time as recorded when it was trained "
             f"(cached oracles keep their original timing).</p>"
-            f"<table><tr><th>method</th><th>guarantee</th>{head}<th>avg_gap</th><th>unlearn s</th><th>time ratio</th></tr>"
+            + ("<p>Challenge columns: the NeurIPS 2023 unlearning challenge metric over N unlearning runs and N "
+               "retrained oracles per method — forgetting quality F (per-example ε binned, averaged) and the final "
+               "score F × (RA_U/RA_R) × (TA_U/TA_R).</p>" if challenge else "")
+            + f"<table><tr><th>method</th><th>guarantee</th>{head}<th>avg_gap</th><th>unlearn s</th><th>time ratio</th>"
+            + ("<th>challenge F</th><th>challenge score</th>" if challenge else "") + "</tr>"
             f"{''.join(rows)}</table>{chart_gap}{chart_tradeoff}{chart_metrics}"
             "<h2>Runs</h2>" + "".join(_run_body(r) for r in doc.get("runs", [])))
     return _page(title, body)
