@@ -94,6 +94,18 @@ def _badge(guarantee: str) -> str:
     return f'<span class="badge {guarantee}" title="{html.escape(GUARANTEE_TEXT.get(guarantee, ""))}">{guarantee}</span>'
 
 
+def svg_of(fig) -> str:
+    """A matplotlib figure as an inline ``<svg>`` element (closed after rendering)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    plt.close(fig)
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]
+
+
 def _svg_bars(groups: list[str], series: dict[str, list[float]], title: str) -> str:
     """A grouped bar chart as inline SVG (matplotlib, Agg backend)."""
     import matplotlib
@@ -112,12 +124,7 @@ def _svg_bars(groups: list[str], series: dict[str, list[float]], title: str) -> 
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg")
-    plt.close(fig)
-    svg = buf.getvalue()
-    return svg[svg.index("<svg"):]
+    return svg_of(fig)
 
 
 def _svg_scatter(points: list[tuple[str, float | None, float | None]], xlabel: str, ylabel: str, title: str) -> str:
@@ -136,12 +143,7 @@ def _svg_scatter(points: list[tuple[str, float | None, float | None]], xlabel: s
     ax.set_ylabel(ylabel, fontsize=9)
     ax.set_title(title, fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg")
-    plt.close(fig)
-    svg = buf.getvalue()
-    return svg[svg.index("<svg"):]
+    return svg_of(fig)
 
 
 def _page(title: str, body: str) -> str:

@@ -4,7 +4,6 @@ name="s3t")``). ``simulate`` is the deletion-capability simulation of DESIGN.md,
 from __future__ import annotations
 
 import html
-import io
 import json
 import sys
 import time
@@ -17,7 +16,7 @@ from rich.table import Table
 from obliviate.errors import ObliviateError
 from obliviate.exact.sequences import SELECTIONS
 from obliviate.exact.simulate import parse_budget, simulate_range
-from obliviate.report import _atomic_text, _page, check_output_path, write_json
+from obliviate.report import _atomic_text, _page, check_output_path, svg_of, write_json
 
 s3t_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                       help="S3T (sequence-aware sharded sliced training) tools: the deletion-capability simulator.")
@@ -81,12 +80,7 @@ def _svg_budget_plot(doc: dict[str, Any]) -> str:
     ax.set_title(f"{doc['shards']} shards × {doc['slices']} slices, {doc['trials']} trials", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg")
-    plt.close(fig)
-    svg = buf.getvalue()
-    return svg[svg.index("<svg"):]
+    return svg_of(fig)
 
 
 def render_html(doc: dict[str, Any]) -> str:

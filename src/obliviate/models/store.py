@@ -110,20 +110,11 @@ class ModelStore:
 
         A file whose hash does not match is treated as a miss (and removed), never loaded.
         """
-        if not self.enabled:
+        hit = self.get_tensors(key)
+        if hit is None:
             return None
-        weights, meta_path = self._paths(key)
-        if not (weights.is_file() and meta_path.is_file()):
-            return None
-        try:
-            meta = json.loads(meta_path.read_text())
-            state = load_state_file(weights, meta["sha256"])
-        except (IntegrityError, ValueError, KeyError, OSError):
-            for p in (weights, meta_path, Path(f"{weights}.sha256")):
-                p.unlink(missing_ok=True)
-            return None
-        model.load_state_dict(state)
-        return meta
+        model.load_state_dict(hit[0])
+        return hit[1]
 
     def put(self, key: str, model: torch.nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
         if not self.enabled:
@@ -135,6 +126,7 @@ class ModelStore:
 
     # -- whole systems (SISA/S3T checkpoints): many tensors in one safetensors file + JSON metadata ------------
     def get_tensors(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The cached tensors and metadata under ``key``, or None on a miss (a corrupted entry is removed)."""
         if not self.enabled:
             return None
         weights, meta_path = self._paths(key)
