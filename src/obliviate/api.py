@@ -128,6 +128,17 @@ def _versions() -> dict[str, str]:
             "scikit-learn": sklearn.__version__}
 
 
+def _apply(method: Method, ctx: UnlearnContext, request: ForgetRequest) -> tuple[torch.nn.Module, float]:
+    """Run the method under the run seed; return the checked, eval-mode model and the seconds it took."""
+    seed_everything(ctx.seed)
+    start = time.perf_counter()
+    model = method.unlearn(ctx)
+    seconds = time.perf_counter() - start
+    model.eval()
+    _check_finite(model, ctx.task, request, method)
+    return model, seconds
+
+
 def _check_finite(model: torch.nn.Module, task: Task, request: ForgetRequest, method: Method) -> None:
     """A diverged update (NaN/inf weights or outputs) is a clear error, never a report of garbage."""
     from obliviate.training import predict
@@ -164,10 +175,7 @@ def _challenge_unlearn_job(task, method: Method, original: torch.nn.Module, requ
     ctx = _context(task, method, original.to(dev), request, recipe, seed, dev, Runtime(device=dev, executor="serial"))
     if system is not None:
         ctx.extras["system"] = system
-    seed_everything(seed)
-    model = method.unlearn(ctx)
-    model.eval()
-    _check_finite(model, task, request, method)
+    model, _ = _apply(method, ctx, request)
     return _challenge_outputs(task, model, request.ids, ctx.retain_ids, dev)
 
 
@@ -247,7 +255,7 @@ class Session:
     def original(self, seed: int):
         if seed not in self._originals:
             model, meta = train_original(self.task, self.recipe, seed, self.device, self.store)
-            self._originals[seed] = (model, meta, None)
+            self._originals[seed] = (model, meta)
         return self._originals[seed]
 
     def oracle(self, seed: int, request: ForgetRequest):
@@ -312,18 +320,13 @@ class Session:
             original = system.served_model().to(self.device)
             orig_meta = dict(orig_meta, sha256=state_sha256(original))
         else:
-            original, orig_meta, _ = self.original(seed)
+            original, orig_meta = self.original(seed)
         evaluation_cache = evaluation_cache if evaluation_cache is not None else {}
 
         ctx = _context(task, method, original, request, self.recipe, seed, self.device, self.runtime)
         if system is not None:
             ctx.extras["system"] = system
-        seed_everything(seed)
-        start = time.perf_counter()
-        model = method.unlearn(ctx)
-        unlearn_time = time.perf_counter() - start
-        model.eval()
-        _check_finite(model, task, request, method)
+        model, unlearn_time = _apply(method, ctx, request)
 
         oracle_model, oracle_meta = (self.oracle(seed, request) if with_oracle else (None, None))
         ref_sha = oracle_meta["sha256"] if oracle_meta else None

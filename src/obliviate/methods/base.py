@@ -83,3 +83,24 @@ class Method:
 
         return {"name": cls.name, "guarantee": cls.guarantee, "needs": sorted(cls.needs), "kinds": list(cls.kinds),
                 "trains_original": cls.trains_original, "summary": cls.summary, "reference": cls.reference, "config": describe(cls.config_class)}
+
+
+class TrainingTimeMethod(Method):
+    """Base of methods that own the original (SISA, S3T, certified removal): ``fit`` trains a system whose
+    ``delete`` is the unlearning. The deletion's cost dict goes to ``ctx.extras["cost"]`` (the report's
+    ``exact`` block); with a ``verify`` config field set, a from-scratch check is added outside the timing."""
+
+    trains_original: ClassVar[bool] = True
+
+    def unlearn(self, ctx: UnlearnContext) -> torch.nn.Module:
+        from obliviate.errors import ObliviateError
+
+        system = ctx.extras.get("system")
+        if system is None:
+            raise ObliviateError(f"{self.name} is a training-time method: its original must be trained by the "
+                                 "method (run it through obliviate.unlearn / obliviate run)")
+        ctx.extras["cost"] = system.delete(ctx.forget_ids, ctx.runtime)
+        served = system.served_model().to(ctx.device)
+        if getattr(self.config, "verify", False):
+            ctx.extras["cost"]["verification"] = system.verify(ctx.runtime)
+        return served

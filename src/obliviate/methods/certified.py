@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.exact.plan import derive_seed
 from obliviate.methods import register
-from obliviate.methods.base import Method, MethodConfig
+from obliviate.methods.base import MethodConfig, TrainingTimeMethod
 
 GAMMA = {"logistic": 0.25, "squared": 0.0}   # Lipschitz constant of ℓ''
 ASSUMPTIONS = ("Guo et al. Theorem 3 with the data-dependent bound of Corollary 1: the trained weights are the exact "
@@ -427,7 +427,7 @@ class CertifiedSystem:
 
 
 @register
-class Certified(Method):
+class Certified(TrainingTimeMethod):
     name = "certified"
     guarantee = "certified"
     needs = frozenset({"labels"})
@@ -438,7 +438,6 @@ class Certified(Method):
     # is the whole change once that comparison is settled.
     kinds = ("classification",)
     config_class = CertifiedConfig
-    trains_original = True
     summary = "(ε, δ)-certified removal for a linear model trained with loss perturbation (Newton step + budget)"
     reference = ("Guo, Goldstein, Hannun & van der Maaten, ICML 2020 (arXiv 1911.03030); "
                  "facebookresearch/certified-removal")
@@ -450,10 +449,3 @@ class Certified(Method):
     def restore(self, task, recipe, seed, tensors, meta):
         return CertifiedSystem.restore(task, self.config, seed, tensors, meta)
 
-    def unlearn(self, ctx):
-        system = ctx.extras.get("system")
-        if system is None:
-            raise ObliviateError("certified is a training-time method: its original must be trained by the method "
-                                 "(run it through obliviate.unlearn / obliviate run)")
-        ctx.extras["cost"] = system.delete(ctx.forget_ids, ctx.runtime)
-        return system.served_model().to(ctx.device)

@@ -7,7 +7,7 @@ from typing import Literal
 from obliviate.errors import ConfigError
 from obliviate.exact.s3t import S3TSystem
 from obliviate.methods import register
-from obliviate.methods.base import Method, MethodConfig
+from obliviate.methods.base import MethodConfig, TrainingTimeMethod
 
 
 @dataclass
@@ -41,12 +41,11 @@ class S3TConfig(MethodConfig):
 
 
 @register
-class S3T(Method):
+class S3T(TrainingTimeMethod):
     name = "s3t"
     guarantee = "exact"
     needs = frozenset({"labels"})
     config_class = S3TConfig
-    trains_original = True
     summary = "sharded sliced LoRA training over several slice orders; deletion deactivates blocks"
     reference = "Chowdhury et al., ICLR 2025 (arXiv 2406.16257); brcsomnath/S3T"
 
@@ -64,11 +63,3 @@ class S3T(Method):
 
     def restore(self, task, recipe, seed, tensors, meta):
         return S3TSystem.restore(task, recipe, seed, tensors, meta)
-
-    def unlearn(self, ctx):
-        system = ctx.extras["system"]
-        ctx.extras["cost"] = system.delete(ctx.forget_ids, ctx.runtime)
-        served = system.served_model()
-        if self.config.verify:  # outside the timed deletion: the report keeps the deletion's own cost
-            ctx.extras["cost"]["verification"] = system.verify(ctx.runtime)
-        return served

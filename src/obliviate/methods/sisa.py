@@ -6,7 +6,7 @@ from typing import Literal
 
 from obliviate.exact.sisa import SisaSystem
 from obliviate.methods import register
-from obliviate.methods.base import Method, MethodConfig
+from obliviate.methods.base import MethodConfig, TrainingTimeMethod
 
 
 @dataclass
@@ -24,12 +24,11 @@ class SisaConfig(MethodConfig):
 
 
 @register
-class Sisa(Method):
+class Sisa(TrainingTimeMethod):
     name = "sisa"
     guarantee = "exact"
     needs = frozenset({"labels"})
     config_class = SisaConfig
-    trains_original = True
     summary = "sharded, sliced training; a deletion retrains one shard from the checkpoint before its slice"
     reference = "Bourtoule et al., IEEE S&P 2021 (arXiv 1912.03817); cleverhans-lab/machine-unlearning"
 
@@ -39,11 +38,3 @@ class Sisa(Method):
 
     def restore(self, task, recipe, seed, tensors, meta):
         return SisaSystem.restore(task, recipe, seed, tensors, meta)
-
-    def unlearn(self, ctx):
-        system = ctx.extras["system"]
-        ctx.extras["cost"] = system.delete(ctx.forget_ids, ctx.runtime)
-        served = system.served_model()
-        if self.config.verify:  # outside the timed deletion: the report keeps the deletion's own cost
-            ctx.extras["cost"]["verification"] = system.verify(ctx.runtime)
-        return served
