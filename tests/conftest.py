@@ -70,3 +70,23 @@ def cli_subprocess():
 
 # Tiny recipes that keep tests fast while still producing a real, accurate model.
 FAST_DIGITS = {"epochs": 8}
+
+
+# -- language: a tiny authors corpus and GPT-2, trained once per test session (cached in the session store) ---------
+TINY_AUTHORS = {"authors": 12, "holdout": 4, "n_embd": 64, "n_head": 2, "n_positions": 128}
+TINY_LM_TRAIN = {"epochs": 80, "batch_size": 4, "lr": 3e-3}
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(_session_env):
+    """(task, recipe, original model) of the tiny authors task; the original memorises its 12 authors."""
+    import torch
+
+    from obliviate.models.store import ModelStore
+    from obliviate.oracle import train_original
+    from obliviate.tasks import get_task
+
+    task = get_task("authors", **TINY_AUTHORS)
+    recipe = task.recipe(TINY_LM_TRAIN)
+    model, _ = train_original(task, recipe, 0, torch.device("cpu"), ModelStore())
+    return task, recipe, model

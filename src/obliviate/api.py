@@ -52,11 +52,13 @@ def route_overrides(task_name: str, method_names: Iterable[str], overrides: dict
     method_names = list(method_names)
     tcls = task_class(task_name)
     task_keys = {f.name for f in dataclasses.fields(tcls.options_class)}
-    method_keys = {m: {f.name for f in dataclasses.fields(get_method(m).config_class)} for m in method_names}
+    kind = "language" if getattr(tcls, "kind", None) == "language" else None
+    method_keys = {m: {f.name for f in dataclasses.fields(get_method(m, kind).config_class)} for m in method_names}
     task_opts: dict[str, Any] = {}
     recipe: dict[str, Any] = {}
     per_method: dict[str, dict[str, Any]] = {m: {} for m in method_names}
     for key, value in overrides.items():
+        key = _lora_key(key)
         head, _, rest = key.partition(".")
         if head == "train" and rest:
             recipe[rest] = value
@@ -76,12 +78,21 @@ def route_overrides(task_name: str, method_names: Iterable[str], overrides: dict
     return task_opts, recipe, per_method
 
 
+def _lora_key(key: str) -> str:
+    """``lora.r=8`` (and ``npo.lora.r=8``) are the config fields ``lora_r`` of the language methods."""
+    parts = key.split(".")
+    if "lora" in parts[:-1] and parts.index("lora") == len(parts) - 2:
+        return ".".join(parts[:-2] + [f"lora_{parts[-1]}"])
+    return key
+
+
 def build_method(name: str, values: dict[str, Any], task: Task) -> Method:
-    cls = get_method(name)
-    if task.kind not in cls.kinds:
-        raise ObliviateError(f"method {name!r} does not apply to {task.kind} tasks (it applies to: "
-                             f"{', '.join(cls.kinds)}); see `obliviate methods`")
-    return cls(build_config(cls.config_class, values, prefix=f"{name}."))
+    """The method for ``task``'s kind, its config = the task's suggested values (``method_defaults``, e.g. a
+    learning rate suited to the authors task's tiny GPT-2) overridden by the user's."""
+    cls = get_method(name, task.kind)
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    suggested = {k: v for k, v in getattr(task, "method_defaults", {}).get(name, {}).items() if k in fields}
+    return cls(build_config(cls.config_class, {**suggested, **values}, prefix=f"{name}."))
 
 
 def _as_task(task: str | Task, options: dict[str, Any]) -> Task:
@@ -95,9 +106,13 @@ def _as_task(task: str | Task, options: dict[str, Any]) -> Task:
 # -- the pipeline -----------------------------------------------------------------------------------------
 
 def _context(task: Task, method: Method, original: torch.nn.Module, request: ForgetRequest,
-             recipe, seed: int, device: torch.device, runtime: Runtime) -> UnlearnContext:
+             recipe, seed: int, device: torch.device, runtime: Runtime,
+             retain_ids: np.ndarray | None = None) -> UnlearnContext:
     forget_ids = request.ids
-    retain_ids = np.setdiff1d(np.arange(task.n_train), forget_ids)
+    if retain_ids is None:
+        retain_ids = np.setdiff1d(np.arange(task.n_train), forget_ids)
+    if task.kind == "language":
+        return _language_context(task, method, original, forget_ids, retain_ids, recipe, seed, device, runtime)
     d = task.data
     xf, yf = to_tensors(d.x_train[forget_ids], d.y_train[forget_ids], device)
     xr, yr = to_tensors(d.x_train[retain_ids], d.y_train[retain_ids], device)
@@ -113,19 +128,39 @@ def _context(task: Task, method: Method, original: torch.nn.Module, request: For
         forget_ids=forget_ids, retain_ids=retain_ids, recipe=recipe, seed=seed, device=device, runtime=runtime)
 
 
+def _language_context(task, method, original, forget_ids, retain_ids, recipe, seed, device, runtime):
+    """A language method's data: the (prompt, completion) sequences of the forget and retain records."""
+    recs = task.data.train
+    needs = method.needs
+    model = copy.deepcopy(original).to(device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return UnlearnContext(
+        task=task, model=model, original=original.to(device) if "original" in needs else None,
+        x_forget=None, y_forget=None, x_retain=None, y_retain=None, forget_ids=forget_ids, retain_ids=retain_ids,
+        recipe=recipe, seed=seed, device=device, runtime=runtime, tokenizer=task.tokenizer(),
+        forget_pairs=[s for i in forget_ids for s in recs[int(i)].sequences()],
+        retain_pairs=[s for i in retain_ids for s in recs[int(i)].sequences()] if "retain" in needs else None)
+
+
 def _evaluate(task, model, forget_ids, retain_ids, seed, device, per_example: bool, reference=None):
     ev = Evaluation(task, model, forget_ids, retain_ids, seed=seed, device=device, reference=reference)
     values = ev.compute()
     return values, (ev.per_example() if per_example else None)
 
 
-def _versions() -> dict[str, str]:
+def _versions(kind: str | None = None) -> dict[str, str]:
     import sklearn
 
     from obliviate import __version__
 
-    return {"obliviate": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__}
+    out = {"obliviate": __version__, "torch": torch.__version__, "numpy": np.__version__,
+           "scikit-learn": sklearn.__version__}
+    if kind == "language":
+        import transformers
+
+        out["transformers"] = transformers.__version__
+    return out
 
 
 def _apply(method: Method, ctx: UnlearnContext, request: ForgetRequest) -> tuple[torch.nn.Module, float]:
@@ -145,7 +180,14 @@ def _check_finite(model: torch.nn.Module, task: Task, request: ForgetRequest, me
 
     bad = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
     if not bad:
-        out = predict(model, task.data.x_train[request.ids[:256]], next(model.parameters()).device)
+        dev = next(model.parameters()).device
+        if task.kind == "language":
+            from obliviate.lm import score
+
+            pairs = [s for i in request.ids[:8] for s in task.data.train[int(i)].sequences()][:16]
+            out = score(model, task.tokenizer(), pairs, dev).nll_sum
+        else:
+            out = predict(model, task.data.x_train[request.ids[:256]], dev)
         if np.isfinite(out).all():
             return
     where = f"weights ({bad[0]})" if bad else "outputs"
@@ -203,6 +245,13 @@ def _relearn_config(relearn: bool | dict | RelearnConfig | None) -> RelearnConfi
     raise ConfigError(f"relearn must be true/false, a dict or a RelearnConfig, got {relearn!r}")
 
 
+def _check_relearn(cfg: RelearnConfig | None, task: Task) -> RelearnConfig | None:
+    if cfg is not None and task.kind == "language":
+        raise ObliviateError("--relearn measures relearn time of classifiers and regressors; for language models "
+                             "use the relearn audit (obliviate audit)")
+    return cfg
+
+
 def _check_challenge(n: int, task: Task) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise ObliviateError(f"--challenge must be an integer number of models, got {n!r}")
@@ -252,17 +301,35 @@ class Session:
         system, meta = self._systems[key]
         return system.copy(), meta
 
+    @property
+    def given_model(self) -> bool:
+        """The task's original is given (a user's HF model), not trained: its oracle is given or absent."""
+        return getattr(self.task, "provided_original", lambda: None)() is not None
+
     def original(self, seed: int):
         if seed not in self._originals:
-            model, meta = train_original(self.task, self.recipe, seed, self.device, self.store)
-            self._originals[seed] = (model, meta)
+            given = getattr(self.task, "provided_original", lambda: None)()
+            if given is not None:
+                model, meta = given
+                self._originals[seed] = (model.to(self.device).eval(), meta)
+            else:
+                self._originals[seed] = train_original(self.task, self.recipe, seed, self.device, self.store)
         return self._originals[seed]
 
-    def oracle(self, seed: int, request: ForgetRequest):
-        key = (seed, request.sha256)
-        if key not in self._oracles:
+    def oracle(self, seed: int, request: ForgetRequest, retain_ids: np.ndarray | None = None):
+        """The retrain oracle without ``request``'s ids (trained on ``retain_ids`` when given); ``(None, None)``
+        for a given model without a given oracle."""
+        if retain_ids is None:
             retain_ids = np.setdiff1d(np.arange(self.task.n_train), request.ids)
-            self._oracles[key] = retrain_oracle(self.task, retain_ids, self.recipe, seed, self.device, self.store)
+        key = (seed, request.sha256, ids_sha256(retain_ids))
+        if key not in self._oracles:
+            if self.given_model:
+                given = self.task.provided_oracle()
+                self._oracles[key] = ((given[0].to(self.device).eval(), given[1]) if given is not None
+                                      else (None, None))
+            else:
+                self._oracles[key] = retrain_oracle(self.task, retain_ids, self.recipe, seed, self.device,
+                                                    self.store)
         return self._oracles[key]
 
     def challenge(self, method: Method, request: ForgetRequest, seed: int, n: int) -> dict[str, Any]:
@@ -309,10 +376,79 @@ class Session:
                                               device=self.device)
         return self._relearn[key]
 
+    # -- MUSE C5 scalability and C6 sustainability (evaluation.md §9.6, §9.7) --------------------------------------
+    def _fold_order(self, request: ForgetRequest, seed: int) -> np.ndarray:
+        """The request's ids first, then the other training ids in a seeded order: the growing forget sets of
+        scalability are prefixes of it, the disjoint folds of sustainability consecutive blocks."""
+        rest = np.setdiff1d(np.arange(self.task.n_train), request.ids)
+        return np.concatenate([request.ids, np.random.default_rng([seed, 0x5CA1]).permutation(rest)])
+
+    def _check_folds(self, method: Method, request: ForgetRequest, total: int, what: str) -> None:
+        if method.trains_original:
+            raise ObliviateError(f"{what} applies to post-hoc methods; {method.name} owns its training")
+        if total >= self.task.n_train:
+            raise ObliviateError(f"{what} needs {total} forget examples ({request.n} per fold) but the task has "
+                                 f"{self.task.n_train}; nothing would remain (use a smaller --forget)")
+
+    def scalability(self, method: Method, request: ForgetRequest, seed: int, factors: list[int],
+                    evaluation_cache: dict | None = None) -> dict[str, Any]:
+        """Unlearn nested forget sets of ``factor`` × the request's size, each from the original, each against
+        its own oracle (MUSE ``scal``)."""
+        factors = sorted(set(int(k) for k in factors))
+        if not factors or factors[0] < 1:
+            raise ObliviateError(f"--scal takes positive integers, e.g. 1,2,3,4; got {factors}")
+        self._check_folds(method, request, factors[-1] * request.n, "--scal")
+        order = self._fold_order(request, seed)
+        points = []
+        for k in factors:
+            ids = np.sort(order[:k * request.n])
+            r = self.run(method, ForgetRequest(f"{request.spec} x{k}", ids), seed,
+                         evaluation_cache=evaluation_cache).report
+            points.append({"factor": k, "n_forget": int(ids.size), "metrics": r["metrics"], "gap": r["gap"],
+                           "avg_gap": r["avg_gap"], "time_s": r["time_s"]})
+        return {"base_n": request.n, "order_seed": seed, "points": points}
+
+    def sustainability(self, method: Method, request: ForgetRequest, seed: int, folds: int,
+                       evaluation_cache: dict | None = None) -> dict[str, Any]:
+        """``folds`` sequential requests of disjoint folds (the first is the request), each applied to the
+        previous step's model; after each, metrics on the fold just forgotten and on everything forgotten so
+        far, against an oracle trained without all of it (MUSE ``sust``)."""
+        if folds < 1:
+            raise ObliviateError(f"--sust takes a positive number of folds, got {folds}")
+        self._check_folds(method, request, folds * request.n, "--sust")
+        order = self._fold_order(request, seed)
+        steps, current = [], None
+        for j in range(folds):
+            fold = np.sort(order[j * request.n:(j + 1) * request.n])
+            forgotten = np.sort(order[:(j + 1) * request.n])
+            retain = np.setdiff1d(np.arange(self.task.n_train), forgotten)
+            result = self.run(method, ForgetRequest(f"{request.spec} fold {j + 1}", fold), seed,
+                              evaluation_cache=evaluation_cache, retain_ids=retain, start=current)
+            r = result.report
+            step = {"step": j + 1, "n_fold": int(fold.size), "n_forgotten": int(forgotten.size),
+                    "metrics": r["metrics"], "gap": r["gap"], "avg_gap": r["avg_gap"], "time_s": r["time_s"]}
+            if j > 0:
+                cumulative = ForgetRequest(f"{request.spec} folds 1-{j + 1}", forgotten)
+                oracle_model, _ = self.oracle(seed, cumulative, retain)
+                step["cumulative"] = {
+                    "unlearned": _evaluate(self.task, result.model, forgotten, retain, seed, self.device, False,
+                                           oracle_model)[0]}
+                if oracle_model is not None:
+                    step["cumulative"]["oracle"] = _evaluate(self.task, oracle_model, forgotten, retain, seed,
+                                                             self.device, False, oracle_model)[0]
+            steps.append(step)
+            current = (result.model, {"sha256": r["models"]["unlearned"]["sha256"]})
+        return {"fold_size": request.n, "folds": folds, "order_seed": seed, "steps": steps}
+
     def run(self, method: Method, request: ForgetRequest, seed: int, with_oracle: bool = True,
-            evaluation_cache: dict | None = None, relearn: RelearnConfig | None = None) -> RunResult:
+            evaluation_cache: dict | None = None, relearn: RelearnConfig | None = None,
+            retain_ids: np.ndarray | None = None, start: tuple | None = None) -> RunResult:
+        """One method on one request. ``retain_ids`` narrows the retain set (sustainability: earlier folds are
+        gone); ``start`` = (model, meta) replaces the original as the model to unlearn from (sequential
+        requests), while metrics are still reported for the original too."""
         task = self.task
-        retain_ids = np.setdiff1d(np.arange(task.n_train), request.ids)
+        if retain_ids is None:
+            retain_ids = np.setdiff1d(np.arange(task.n_train), request.ids)
         per_ex = request.n <= PER_EXAMPLE_LIMIT
         system = None
         if method.trains_original:
@@ -323,16 +459,23 @@ class Session:
             original, orig_meta = self.original(seed)
         evaluation_cache = evaluation_cache if evaluation_cache is not None else {}
 
-        ctx = _context(task, method, original, request, self.recipe, seed, self.device, self.runtime)
+        source = original if start is None else start[0]
+        ctx = _context(task, method, source, request, self.recipe, seed, self.device, self.runtime, retain_ids)
         if system is not None:
             ctx.extras["system"] = system
         model, unlearn_time = _apply(method, ctx, request)
 
-        oracle_model, oracle_meta = (self.oracle(seed, request) if with_oracle else (None, None))
+        oracle_model, oracle_meta = (self.oracle(seed, request, retain_ids) if with_oracle else (None, None))
+        oracle_note = None
+        if with_oracle and oracle_model is None:
+            with_oracle = False
+            oracle_note = ("not available: the model is given, not trained; pass a model trained without the "
+                           "forget data with --set oracle=DIR")
         ref_sha = oracle_meta["sha256"] if oracle_meta else None
 
         def cached_eval(role, model, sha, reference=None):
-            key = (role, sha, ref_sha if reference is not None else None, seed, request.sha256)
+            key = (role, sha, ref_sha if reference is not None else None, seed, request.sha256,
+                   ids_sha256(retain_ids))
             if key not in evaluation_cache:
                 evaluation_cache[key] = _evaluate(task, model, request.ids, retain_ids, seed, self.device, per_ex,
                                                   reference)
@@ -385,8 +528,12 @@ class Session:
             "config": as_dict(method.config), "train": as_dict(self.recipe),
             "task_options": as_dict(task.options),
             "metrics": metrics, "gap": gap, "avg_gap": avg, "time_s": time_s, "models": models,
-            "executor": self.runtime.executor, "versions": _versions(),
+            "executor": self.runtime.executor, "versions": _versions(task.kind),
         }
+        if oracle_note:
+            report["oracle"] = oracle_note
+        if start is not None:
+            models["start"] = {"sha256": start[1].get("sha256")}
         if relearn_block is not None:
             report["relearn"] = relearn_block
         if "cost" in ctx.extras:
@@ -398,11 +545,12 @@ class Session:
         return RunResult(model, report, original, oracle_model)
 
 
-def unlearn(task: str | Task, method: str | Method, forget: str = "random:0.1", *, seed: int = 0,
+def unlearn(task: str | Task, method: str | Method, forget: str | None = None, *, seed: int = 0,
             device: str = "cpu", oracle: bool = True, task_options: dict[str, Any] | None = None,
             train: dict[str, Any] | None = None, cache_dir: str | None = None, use_cache: bool = True,
             executor: str = "local", ray_address: str | None = None, workers: int | None = None,
-            relearn: bool | dict | RelearnConfig = False, **config: Any) -> RunResult:
+            relearn: bool | dict | RelearnConfig = False, scal: list[int] | None = None,
+            sust: int | None = None, **config: Any) -> RunResult:
     """Unlearn ``forget`` from ``task``'s model with ``method``; return the model and the run report.
 
     ``relearn=True`` (or a dict of :class:`~obliviate.metrics.relearn.RelearnConfig` fields) also measures the
@@ -424,15 +572,25 @@ def unlearn(task: str | Task, method: str | Method, forget: str = "random:0.1", 
     else:
         method_obj = build_method(method, config, task_obj)
     recipe = task_obj.recipe(train)
-    relearn_cfg = _relearn_config(relearn)
-    request = resolve(forget, task_obj, seed)
+    relearn_cfg = _check_relearn(_relearn_config(relearn), task_obj)
+    request = resolve(forget or task_obj.default_forget, task_obj, seed)
     dev = resolve_device(device)
     runtime = Runtime(device=dev, executor=executor, ray_address=ray_address, workers=workers)
     session = Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache), runtime)
-    return session.run(method_obj, request, seed, with_oracle=oracle, relearn=relearn_cfg)
+    result = session.run(method_obj, request, seed, with_oracle=oracle, relearn=relearn_cfg)
+    _add_scal_sust(session, method_obj, request, seed, result.report, scal, sust)
+    return result
 
 
-def evaluate(task: str | Task, model: torch.nn.Module, forget: str | ForgetRequest = "random:0.1", *,
+def _add_scal_sust(session: Session, method: Method, request: ForgetRequest, seed: int, report: dict,
+                   scal: list[int] | None, sust: int | None, cache: dict | None = None) -> None:
+    if scal:
+        report["scalability"] = session.scalability(method, request, seed, scal, cache)
+    if sust:
+        report["sustainability"] = session.sustainability(method, request, seed, sust, cache)
+
+
+def evaluate(task: str | Task, model: torch.nn.Module, forget: str | ForgetRequest | None = None, *,
              seed: int = 0, device: str = "cpu", task_options: dict[str, Any] | None = None,
              reference: torch.nn.Module | None = None) -> dict[str, float]:
     """The task kind's metrics of ``model`` for the forget set ``forget`` (no training involved); with
@@ -444,18 +602,20 @@ def evaluate(task: str | Task, model: torch.nn.Module, forget: str | ForgetReque
     0.0
     """
     task_obj = _as_task(task, task_options or {})
-    request = forget if isinstance(forget, ForgetRequest) else resolve(forget, task_obj, seed)
+    request = (forget if isinstance(forget, ForgetRequest)
+               else resolve(forget or task_obj.default_forget, task_obj, seed))
     retain_ids = np.setdiff1d(np.arange(task_obj.n_train), request.ids)
     dev = resolve_device(device)
     ref = reference.to(dev) if reference is not None else None
     return _evaluate(task_obj, model.to(dev), request.ids, retain_ids, seed, dev, False, ref)[0]
 
 
-def bench(task: str | Task, methods: list[str], forget: str = "random:0.1", *, seeds: int | list[int] = 1,
+def bench(task: str | Task, methods: list[str], forget: str | None = None, *, seeds: int | list[int] = 1,
           device: str = "cpu", overrides: dict[str, Any] | None = None, cache_dir: str | None = None,
           use_cache: bool = True, on_run=None, executor: str = "local", ray_address: str | None = None,
           workers: int | None = None, challenge: int = 0,
-          relearn: bool | dict | RelearnConfig = False) -> dict[str, Any]:
+          relearn: bool | dict | RelearnConfig = False, scal: list[int] | None = None,
+          sust: int | None = None) -> dict[str, Any]:
     """Run several methods on the same forget request(s), the original and oracle computed once per seed.
 
     ``challenge=N`` (N >= 3, classification) adds to each run the NeurIPS 2023 challenge block
@@ -470,7 +630,8 @@ def bench(task: str | Task, methods: list[str], forget: str = "random:0.1", *, s
     method_objs = [build_method(m, per_method[m], task_obj) for m in methods]
     recipe = task_obj.recipe(recipe_over)
     n_challenge = _check_challenge(challenge, task_obj)
-    relearn_cfg = _relearn_config(relearn)
+    relearn_cfg = _check_relearn(_relearn_config(relearn), task_obj)
+    forget = forget or task_obj.default_forget
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ObliviateError("--seeds must be at least 1")
@@ -485,6 +646,7 @@ def bench(task: str | Task, methods: list[str], forget: str = "random:0.1", *, s
                                  relearn=relearn_cfg)
             if n_challenge:
                 result.report["challenge"] = session.challenge(m, requests[s], s, n_challenge)
+            _add_scal_sust(session, m, requests[s], s, result.report, scal, sust, evaluations)
             runs.append(result.report)
             if on_run is not None:
                 on_run(result.report)

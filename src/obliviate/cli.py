@@ -32,6 +32,10 @@ RayOpt = typer.Option(None, "--ray-address", help="Ray cluster address (with --e
 RelearnOpt = typer.Option(False, "--relearn", help="also measure relearn time (mini-batch steps until the forget "
                                                    "metric is back within 5 % of the original's) and the anamnesis "
                                                    "index (unlearned ÷ oracle steps)")
+ScalOpt = typer.Option(None, "--scal", help="MUSE scalability: comma-separated multiples of the forget set, e.g. "
+                                            "1,2,3,4 (nested growing forget sets, each vs its own oracle)")
+SustOpt = typer.Option(None, "--sust", help="MUSE sustainability: N sequential requests of disjoint folds of the "
+                                            "forget set's size, each applied to the previous model")
 SetOpt = typer.Option(None, "--set", help="key=value: task option, train.<recipe key>, or method config "
                                           "(method.key=value targets one method in bench)")
 
@@ -103,33 +107,44 @@ def _print_bench(doc: dict[str, Any]) -> None:
 @app.command()
 def run(task: str = typer.Option(..., "--task", help="task name (see `obliviate tasks`)"),
         method: str = typer.Option(..., "--method", help="method name (see `obliviate methods`)"),
-        forget: str = typer.Option("random:0.1", "--forget", help="forget spec, e.g. random:0.1, class:3, ids@file.txt"),
+        forget: Optional[str] = typer.Option(None, "--forget", help="forget spec, e.g. random:0.1, class:3, "
+                                             "subjects:2, ids@file.txt (default: the task's, random:0.1 for most)"),
         seed: int = typer.Option(0, "--seed", help="seed of training, forget sampling and unlearning"),
         device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
         set_: Optional[List[str]] = SetOpt,
         json_path: Optional[str] = typer.Option(None, "--json", help="write the obliviate.run/1 report here"),
         html_path: Optional[str] = typer.Option(None, "--html", help="write a self-contained HTML report here"),
         no_oracle: bool = typer.Option(False, "--no-oracle", help="skip the retrain oracle (no gap)"),
-        save_model: Optional[str] = typer.Option(None, "--save-model", help="write the unlearned model (.safetensors + .sha256)"),
+        save_model: Optional[str] = typer.Option(None, "--save-model", help="write the unlearned model (.safetensors + "
+                                                 ".sha256; for a language task an HF model directory)"),
         cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="model cache (default $OBLIVIATE_CACHE or ~/.cache/obliviate)"),
         no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the model cache"),
         executor: str = ExecutorOpt, ray_address: Optional[str] = RayOpt,
-        relearn: bool = RelearnOpt,
+        relearn: bool = RelearnOpt, scal: Optional[str] = ScalOpt, sust: Optional[int] = SustOpt,
         quiet: bool = typer.Option(False, "--quiet", help="no progress bars or table")) -> None:
     """Train (or load) the original, unlearn, compare with the retrain oracle, print a table."""
     _quiet(quiet)
-    for path, flag in ((json_path, "--json"), (html_path, "--html"), (save_model, "--save-model")):
+    for path, flag in ((json_path, "--json"), (html_path, "--html")):
         check_output_path(path, flag)
+    _check_save_model(save_model, task)
     task_opts, recipe, per_method = api.route_overrides(task, [method], split_overrides(set_ or []))
     result = api.unlearn(task, method, forget, seed=seed, device=device, oracle=not no_oracle,
                          task_options=task_opts, train=recipe, cache_dir=cache_dir, use_cache=not no_cache,
-                         executor=executor, ray_address=ray_address, relearn=relearn, **per_method[method])
+                         executor=executor, ray_address=ray_address, relearn=relearn, scal=_parse_scal(scal),
+                         sust=sust, **per_method[method])
     report = result.report
     if save_model:
-        from obliviate.models.store import save_state_file
-
         report["models"]["unlearned"]["path"] = save_model
-        report["models"]["unlearned"]["sha256"] = save_state_file(result.model, save_model)
+        if report["task_kind"] == "language":
+            from obliviate.models.tiny_lm import save_hf_dir
+            from obliviate.tasks import get_task
+
+            tokenizer = get_task(task, **task_opts).tokenizer()
+            report["models"]["unlearned"]["sha256"] = save_hf_dir(result.model, tokenizer, save_model)
+        else:
+            from obliviate.models.store import save_state_file
+
+            report["models"]["unlearned"]["sha256"] = save_state_file(result.model, save_model)
     if json_path:
         write_json(report, json_path)
     if html_path:
@@ -138,8 +153,34 @@ def run(task: str = typer.Option(..., "--task", help="task name (see `obliviate 
         _print_run(report)
 
 
+def _check_save_model(path: str | None, task: str) -> None:
+    """A language model is saved as an HF directory (may exist, must not be a file); others as one file."""
+    if not path:
+        return
+    from obliviate.tasks import task_class
+
+    if task_class(task).kind == "language":
+        if os.path.isfile(path):
+            raise ObliviateError(f"--save-model {path}: is a file; a language model is saved as a directory")
+        check_output_path(os.path.join(path, "model.safetensors"), "--save-model")
+    else:
+        check_output_path(path, "--save-model")
+
+
+def _parse_scal(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ObliviateError(f"--scal takes comma-separated positive integers, e.g. 1,2,3,4; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ObliviateError(f"--scal takes comma-separated positive integers, e.g. 1,2,3,4; got {text!r}")
+    return values
+
+
 def _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cache_dir, no_cache, quiet,
-           executor="local", ray_address=None, challenge=None, relearn=False):
+           executor="local", ray_address=None, challenge=None, relearn=False, scal=None, sust=None):
     if challenge is not None and challenge < 3:
         raise ObliviateError(f"--challenge N needs N >= 3 (N retrained and N unlearned models per method; with N = 2 the official buckets are empty and F is always 0), "
                              f"got {challenge}")
@@ -153,7 +194,8 @@ def _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cac
                                f"{r['challenge']['score']:.4f}" if "challenge" in r else "")))
     doc = api.bench(task, names, forget, seeds=seeds, device=device, overrides=split_overrides(set_ or []),
                     cache_dir=cache_dir, use_cache=not no_cache, on_run=progress, executor=executor,
-                    ray_address=ray_address, challenge=challenge or 0, relearn=relearn)
+                    ray_address=ray_address, challenge=challenge or 0, relearn=relearn, scal=_parse_scal(scal),
+                    sust=sust)
     if json_path:
         write_json(doc, json_path)
     if html_path:
@@ -166,7 +208,8 @@ def _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cac
 @app.command()
 def bench(task: str = typer.Option(..., "--task", help="task name"),
           methods: str = typer.Option(..., "--methods", help="comma-separated method names"),
-          forget: str = typer.Option("random:0.1", "--forget", help="forget spec"),
+          forget: Optional[str] = typer.Option(None, "--forget", help="forget spec (default: the task's, "
+                                                                     "random:0.1 for most)"),
           seeds: int = typer.Option(1, "--seeds", help="number of seeds (0..N-1)"),
           device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
           set_: Optional[List[str]] = SetOpt,
@@ -178,12 +221,12 @@ def bench(task: str = typer.Option(..., "--task", help="task name"),
           challenge: Optional[int] = typer.Option(
               None, "--challenge", help="N >= 3: also score each method with the NeurIPS 2023 unlearning challenge "
                                         "metric over N unlearning runs and N retrained oracles"),
-          relearn: bool = RelearnOpt,
+          relearn: bool = RelearnOpt, scal: Optional[str] = ScalOpt, sust: Optional[int] = SustOpt,
           quiet: bool = typer.Option(False, "--quiet", help="no progress or table")) -> None:
     """Several methods side by side on the same forget set; original and oracle computed once per seed."""
     _quiet(quiet)
     _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cache_dir, no_cache, quiet,
-           executor, ray_address, challenge, relearn)
+           executor, ray_address, challenge, relearn, scal, sust)
 
 
 @app.command()

@@ -33,8 +33,11 @@ def train_cached(task, train_ids: np.ndarray, recipe, seed: int, device: torch.d
     if meta is not None:
         return model.to(device).eval(), dict(meta, cached=True)
     start = time.perf_counter()
-    x, y = task.data.x_train[train_ids], task.data.y_train[train_ids]
-    train(model, x, y, recipe, task.kind, seed, device, description=f"{role} ({task.name})")
+    if task.kind == "language":
+        task.train_model(model, train_ids, recipe, seed, device, description=f"{role} ({task.name})")
+    else:
+        x, y = task.data.x_train[train_ids], task.data.y_train[train_ids]
+        train(model, x, y, recipe, task.kind, seed, device, description=f"{role} ({task.name})")
     elapsed = time.perf_counter() - start
     meta = store.put(key, model, {"role": role, "task": task.name, "seed": seed, "n_train": int(len(train_ids)),
                                   "train_time_s": elapsed, **{f"recipe.{k}": v for k, v in

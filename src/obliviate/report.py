@@ -159,7 +159,8 @@ def _run_body(r: dict[str, Any]) -> str:
         f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{_fmt(metrics[role].get(k))}</td>" for role in roles)
         + f"<td>{_fmt(r.get('gap', {}).get(k))}</td></tr>" for k in keys)
     head = "".join(f"<th>{role}</th>" for role in roles)
-    plotted = [k for k in keys if k not in ("relearn_steps", "anamnesis")]  # step counts: another scale
+    # step counts and percentages (relearn steps, PrivLeak) live on other scales than the [0, 1] metrics
+    plotted = [k for k in keys if k not in ("relearn_steps", "anamnesis", "privleak")]
     chart = _svg_bars(plotted, {role: [metrics[role].get(k) for k in plotted] for role in roles},
                       f"{r['method']} on {r['task']} — forget {r['forget']['spec']}")
     t = r.get("time_s", {})
@@ -185,7 +186,7 @@ def _run_body(r: dict[str, Any]) -> str:
         exact = ("<table><tr><th colspan='2'>deletion cost (exact unlearning)</th></tr>"
                  + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows_e)
                  + "</table>")
-    extras = _relearn_html(r) + _challenge_html(r)
+    extras = _relearn_html(r) + _challenge_html(r) + _scal_sust_html(r)
     return (f"<h2>{html.escape(r['method'])} {_badge(r['guarantee'])}</h2>"
             f"<p class='note'>{html.escape(GUARANTEE_TEXT.get(r['guarantee'], ''))}</p>"
             f"<p>forget <code>{html.escape(r['forget']['spec'])}</code>: {r['forget']['n']} examples "
@@ -196,6 +197,63 @@ def _run_body(r: dict[str, Any]) -> str:
             f"<details><summary>config, recipe and versions</summary><pre>"
             f"{html.escape(json.dumps({'config': r.get('config'), 'train': r.get('train'), 'task_options': r.get('task_options'), 'models': r.get('models'), 'versions': r.get('versions')}, indent=2, default=str))}"
             f"</pre></details>")
+
+
+CURVE_KEYS = ("verbmem_f", "knowmem_f", "knowmem_r", "utility")
+
+
+def _svg_curves(xs: list, series: dict[str, list], xlabel: str, title: str) -> str:
+    """Metric curves (solid: unlearned; dashed: the oracle at the same point)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    colors = {}
+    for label, ys in series.items():
+        key = label.split(" ")[0]
+        pts = [(x, y) for x, y in zip(xs, ys) if y is not None and y == y]
+        if not pts:
+            continue
+        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, label=label,
+                        linestyle="--" if "oracle" in label else "-", color=colors.get(key))
+        colors.setdefault(key, line.get_color())
+    ax.set_xticks(xs)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, frameon=False, ncol=2)
+    ax.spines[["top", "right"]].set_visible(False)
+    return svg_of(fig)
+
+
+def _curve_table(points: list[dict], xkey: str, xlabel: str) -> str:
+    keys = [k for k in (*CURVE_KEYS, "privleak", "forget_quality") if k in points[0]["metrics"]["unlearned"]]
+    head = "".join(f"<th>{k}</th>" for k in keys)
+    rows = "".join(f"<tr><td>{p[xkey]}</td>" + "".join(
+        f"<td>{_fmt(p['metrics']['unlearned'].get(k))} <span class='note'>({_fmt(p['metrics'].get('oracle', {}).get(k))})</span></td>"
+        for k in keys) + "</tr>" for p in points)
+    return f"<table><tr><th>{xlabel}</th>{head}</tr>{rows}</table><p class='note'>unlearned (oracle)</p>"
+
+
+def _scal_sust_html(r: dict[str, Any]) -> str:
+    """MUSE scalability (growing forget sets) and sustainability (sequential requests) curves."""
+    out = ""
+    for block, xkey, xlabel, title in (("scalability", "factor", "forget-set size (× the request)", "Scalability"),
+                                       ("sustainability", "step", "sequential request", "Sustainability")):
+        b = r.get(block)
+        if not b:
+            continue
+        pts = b["points"] if block == "scalability" else b["steps"]
+        xs = [p[xkey] for p in pts]
+        keys = [k for k in CURVE_KEYS if k in pts[0]["metrics"]["unlearned"]]
+        series = {}
+        for k in keys:
+            series[f"{k} unlearned"] = [p["metrics"]["unlearned"].get(k) for p in pts]
+            series[f"{k} oracle"] = [p["metrics"].get("oracle", {}).get(k) for p in pts]
+        out += (f"<h3>{title} ({r['method']})</h3>" + _svg_curves(xs, series, xlabel, f"{title}: {r['method']}")
+                + _curve_table(pts, xkey, xlabel))
+    return out
 
 
 def _relearn_html(r: dict[str, Any]) -> str:

@@ -2,7 +2,7 @@
 
 Specs (DESIGN.md): ``random:0.1`` (fraction), ``random:50`` (count), ``class:3`` / ``class:3,5``,
 ``ids:4,8,15`` / ``ids@file.txt``, ``target<=30`` / ``target>=2.5`` (also ``<`` and ``>``),
-``subjects:3`` (text tasks). The same spec, task and seed always give the same ids.
+``subjects:3`` (text tasks), ``forget-file`` (the hf task's forget file). The same spec, task and seed always give the same ids.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import numpy as np
 from obliviate.errors import SpecError
 
 _TARGET = re.compile(r"^target\s*(<=|>=|<|>)\s*(.+)$")
-SPEC_HELP = "random:0.1 | random:50 | class:3[,5] | ids:4,8,15 | ids@file.txt | target<=30 | target>=2.5 | subjects:3"
+SPEC_HELP = ("random:0.1 | random:50 | class:3[,5] | ids:4,8,15 | ids@file.txt | target<=30 | target>=2.5 | "
+             "subjects:3 | forget-file")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,11 @@ def resolve(spec: str, task, seed: int = 0) -> ForgetRequest:
         op, value = m.group(1), _parse_number(m.group(2), spec)
         mask = {"<=": y <= value, ">=": y >= value, "<": y < value, ">": y > value}[op]
         ids = np.flatnonzero(mask).astype(np.int64)
+    elif spec == "forget-file":
+        if not hasattr(task, "resolve_forget_file"):
+            raise SpecError(f"forget spec 'forget-file' needs a task with a forget file (hf); task {task.name!r} "
+                            "has none")
+        ids = np.asarray(task.resolve_forget_file(), dtype=np.int64)
     elif spec.startswith("subjects:"):
         subjects = getattr(task, "subjects", None)
         if subjects is None:

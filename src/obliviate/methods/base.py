@@ -38,6 +38,10 @@ class UnlearnContext:
     device: torch.device
     runtime: Any = None               # obliviate.distributed.Runtime: executor for parallel jobs
     extras: dict[str, Any] = field(default_factory=dict)  # sharded methods: "system" in, "cost" out
+    # language tasks: x_*/y_* are None; the data are (prompt, completion) pairs of the records' sequences
+    tokenizer: Any = None
+    forget_pairs: list[tuple[str, str]] | None = None
+    retain_pairs: list[tuple[str, str]] | None = None   # None unless the method needs "retain"
 
     @property
     def kind(self) -> str:

@@ -21,9 +21,12 @@ class Retrain(Method):
     config_class = RetrainConfig
     summary = "train a fresh model on the retain set with the original recipe and seed (methods.md §1)"
     reference = "gold standard; SalUn/SCRUB protocol 'retrain'"
+    kinds = ("classification", "regression", "language")
 
     def unlearn(self, ctx):
         model = ctx.task.make_model(ctx.seed)  # fresh initialisation, not the original's weights
+        if ctx.kind == "language":  # the task's own loop (a given HF model cannot be retrained: it says so)
+            return ctx.task.train_model(model, ctx.retain_ids, ctx.recipe, ctx.seed, ctx.device, "retrain")
         x = ctx.task.data.x_train[ctx.retain_ids]
         y = ctx.task.data.y_train[ctx.retain_ids]
         return train(model, x, y, ctx.recipe, ctx.kind, ctx.seed, ctx.device, description="retrain")

@@ -92,6 +92,10 @@ class Evaluation:
         return {n: v for n, v in values.items() if v is not None}  # None: not applicable to this forget set
 
     def per_example(self) -> dict[str, list[float]]:
+        if self.task.kind == "language":
+            from obliviate.metrics.language import per_example
+
+            return per_example(self)
         f = self.artifact("forget")
         if self.task.kind == "classification":
             return {"forget_confidence": np.round(f.confidence, 6).tolist(),

@@ -20,9 +20,14 @@ def gaps(unlearned: dict[str, float], oracle: dict[str, float]) -> dict[str, flo
     return out
 
 
+#: headline keys not in [0, 1]: PrivLeak is a percentage, so its gap enters the average divided by 100
+SCALE = {"privleak": 0.01}
+
+
 def avg_gap(gap: dict[str, float], kind: str) -> float:
-    """Mean gap over the task kind's headline keys. Example: gaps 0.02, 0, 0.01, 0.01 → 0.01."""
+    """Mean gap over the task kind's headline keys (PrivLeak's in units of 100 %).
+    Example: gaps 0.02, 0, 0.01, 0.01 → 0.01."""
     keys = [k for k in HEADLINE[kind] if k in gap]
     if not keys:
         return float("nan")
-    return sum(gap[k] for k in keys) / len(keys)
+    return sum(gap[k] * SCALE.get(k, 1.0) for k in keys) / len(keys)

@@ -46,7 +46,17 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    """CPU copies of the state dict; tensors that share storage (a language model's tied input and output
+    embeddings) are cloned, since safetensors refuses shared memory."""
+    out, seen = {}, set()
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu").contiguous()
+        ptr = v.untyped_storage().data_ptr() if v.numel() else None
+        if ptr is not None and ptr in seen:
+            v = v.clone()
+        seen.add(ptr)
+        out[k] = v
+    return out
 
 
 def _serialize(model: torch.nn.Module, metadata: dict[str, str] | None = None) -> bytes:

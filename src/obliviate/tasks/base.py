@@ -73,6 +73,11 @@ class Task:
     description: ClassVar[str] = ""
     options_class: ClassVar[type]
     recipe_defaults: ClassVar[dict[str, Any]] = {}
+    #: the forget spec used when none is given
+    default_forget: ClassVar[str] = "random:0.1"
+    #: per-method config values suited to the task's model (e.g. a learning rate for a tiny net), applied
+    #: before the user's ``--set`` values and recorded in the report's ``config``
+    method_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, options: Any | None = None, **overrides: Any):
         self.options = options if options is not None else build_config(self.options_class, overrides)

@@ -1,0 +1,227 @@
+"""Causal-LM plumbing shared by language tasks, methods and metrics: encode (prompt, completion) pairs, batch
+them with the right padding side and masks, train, score and generate.
+
+Training and scoring pad on the right with labels −100 on the prompt and the padding; generation pads on
+the left so every row's last real token is adjacent to the generated ones. Scoring and generation run under
+``torch.inference_mode`` in length-sorted batches; generation uses the KV cache (``use_cache=True``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from obliviate.training import make_optimizer, progress_bar, seed_everything
+
+IGNORE = -100
+
+
+def _quiet_transformers() -> None:
+    """transformers warns about padding whenever pad = BOS = EOS (GPT-2 style), even with an attention mask."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+Pair = tuple[str, str]  # (prompt, completion)
+
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    n_prompt: int  # tokens before the completion (BOS included); labels start after them
+
+
+def max_length(model) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or 1024)
+
+
+def encode(tokenizer, prompt: str, completion: str, limit: int, eos: bool = True) -> Encoded:
+    """BOS + prompt + completion (+ EOS), tokenised separately so the completion's tokens never merge with the
+    prompt's; cut to ``limit`` tokens."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    p = bos + (tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"] if completion else []
+    if eos and tokenizer.eos_token_id is not None:
+        c = c + [tokenizer.eos_token_id]
+    ids = (p + c)[:limit]
+    return Encoded(ids, min(len(p), len(ids)))
+
+
+def encode_all(tokenizer, pairs: Sequence[Pair], limit: int, eos: bool = True) -> list[Encoded]:
+    return [encode(tokenizer, p, c, limit, eos) for p, c in pairs]
+
+
+def collate(items: Sequence[Encoded], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (−100 on prompt and padding)."""
+    width = max(len(e.ids) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    for i, e in enumerate(items):
+        n = len(e.ids)
+        ids[i, :n] = torch.tensor(e.ids)
+        mask[i, :n] = 1
+        labels[i, e.n_prompt:n] = ids[i, e.n_prompt:n]
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token NLL of the next-token predictions (shifted) and the mask of scored tokens, both [B, T−1]."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = labels != IGNORE
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.clamp_min(0).reshape(-1),
+                          reduction="none").view(labels.shape)
+    return nll * mask, mask
+
+
+def sequence_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of completion-token NLLs, number of completion tokens) per sequence — the sequence log-likelihood
+    NPO and SimNPO are defined on."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    nll, mask = token_nll(out.logits, batch["labels"])
+    return nll.sum(1), mask.sum(1)
+
+
+def mean_nll(model, batch) -> torch.Tensor:
+    """Token-averaged NLL per sequence, averaged over the batch (HF ``outputs.loss`` per sequence)."""
+    total, count = sequence_nll(model, batch)
+    return (total / count.clamp_min(1)).mean()
+
+
+def train_lm(model, tokenizer, pairs: Sequence[Pair], recipe, seed: int, device, description: str = "train",
+             epochs: int | None = None):
+    """Train a causal LM on (prompt, completion) pairs: shuffled mini-batches, Adam(W), gradient clipping 1.0.
+    The order depends only on ``seed`` and ``len(pairs)``, so the oracle's model is a function of its data."""
+    device = torch.device(device)
+    seed_everything(seed)
+    epochs = recipe.epochs if epochs is None else epochs
+    model.to(device).train()
+    encoded = encode_all(tokenizer, pairs, max_length(model))
+    opt = make_optimizer(model.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(encoded)
+    if n == 0 or epochs == 0:
+        return model.eval()
+    steps = epochs * ((n + recipe.batch_size - 1) // recipe.batch_size)
+    sched = lr_schedule(opt, steps, getattr(recipe, "warmup", 0.0), getattr(recipe, "schedule", "constant"))
+    lengths = [len(e.ids) for e in encoded]
+    with progress_bar(description, steps) as advance:
+        for _ in range(epochs):
+            for idx in bucketed_batches(lengths, recipe.batch_size, gen):
+                batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id, device)
+                loss = mean_nll(model, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                advance()
+    return model.eval()
+
+
+def lr_schedule(opt, steps: int, warmup: float = 0.0, kind: str = "constant"):
+    """Linear warm-up over ``warmup`` × steps, then constant or cosine decay to 0."""
+    import math
+
+    n_warm = int(round(warmup * steps))
+
+    def factor(step: int) -> float:
+        if step < n_warm:
+            return (step + 1) / n_warm
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - n_warm) / max(1, steps - n_warm)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int, gen: torch.Generator, pool: int = 32):
+    """Shuffled mini-batches of similar lengths (less padding): shuffle, sort within pools of ``pool`` batches,
+    cut into batches, shuffle the batches. Depends only on ``gen`` and the lengths."""
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    out = []
+    for start in range(0, len(order), batch_size * pool):
+        chunk = sorted(order[start:start + batch_size * pool], key=lambda i: lengths[i])
+        out += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+    return [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
+
+
+def _length_sorted(items: Sequence, key) -> list[int]:
+    return sorted(range(len(items)), key=lambda i: -key(items[i]))
+
+
+@dataclass
+class Scores:
+    """Per sequence: summed and mean completion NLL, token count, token log-probs, teacher-forced argmax hits."""
+
+    nll_sum: np.ndarray
+    n_tokens: np.ndarray
+    token_logprobs: list[np.ndarray]
+    argmax: list[np.ndarray]
+    labels: list[np.ndarray]
+
+    @property
+    def nll_mean(self) -> np.ndarray:
+        return self.nll_sum / np.maximum(self.n_tokens, 1)
+
+
+@torch.inference_mode()
+def score(model, tokenizer, pairs: Sequence[Pair], device, batch_size: int = 32, eos: bool = True) -> Scores:
+    """Teacher-forced scores of every pair's completion, in length-sorted batches."""
+    model.eval()
+    encoded = encode_all(tokenizer, pairs, max_length(model), eos)
+    n = len(encoded)
+    nll_sum, n_tok = np.zeros(n), np.zeros(n, dtype=np.int64)
+    lps: list = [None] * n
+    am: list = [None] * n
+    lab: list = [None] * n
+    order = _length_sorted(encoded, lambda e: len(e.ids))
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        nll, mask = token_nll(logits, batch["labels"])
+        pred = logits[:, :-1].argmax(-1)
+        labels = batch["labels"][:, 1:]
+        for row, i in enumerate(idx):
+            m = mask[row]
+            nll_sum[i] = float(nll[row].sum())
+            n_tok[i] = int(m.sum())
+            lps[i] = (-nll[row][m]).double().cpu().numpy()
+            am[i] = pred[row][m].cpu().numpy()
+            lab[i] = labels[row][m].cpu().numpy()
+    return Scores(nll_sum, n_tok, lps, am, lab)
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, prompts: Sequence[str], device, max_new_tokens: int = 32, batch_size: int = 32,
+             stop: str | None = None, logits_processor=None, num_beams: int = 1) -> list[str]:
+    """Greedy (or beam) continuations of ``prompts`` (BOS prepended), decoded without special tokens and cut at
+    ``stop``. Left padding + attention mask, KV cache, length-sorted batches; output order = input order."""
+    model.eval()
+    _quiet_transformers()
+    limit = max_length(model)
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    encoded = [(bos + tokenizer(p, add_special_tokens=False)["input_ids"])[-(limit - max_new_tokens):] for p in prompts]
+    out: list[str] = [""] * len(prompts)
+    order = _length_sorted(encoded, len)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for start in range(0, len(encoded), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            e = encoded[i]
+            ids[row, width - len(e):] = torch.tensor(e)
+            mask[row, width - len(e):] = 1
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             do_sample=False, num_beams=num_beams, use_cache=True, pad_token_id=pad,
+                             eos_token_id=tokenizer.eos_token_id, logits_processor=logits_processor)
+        for row, i in enumerate(idx):
+            text = tokenizer.decode(gen[row, width:], skip_special_tokens=True)
+            out[i] = text.split(stop)[0] if stop else text
+    return out
