@@ -390,6 +390,18 @@ class Session:
             raise ObliviateError(f"{what} needs {total} forget examples ({request.n} per fold) but the task has "
                                  f"{self.task.n_train}; nothing would remain (use a smaller --forget)")
 
+    def check_scal_sust(self, method: Method, request: ForgetRequest, scal: list[int] | None,
+                        sust: int | None) -> None:
+        """Reject a scalability / sustainability request that cannot be satisfied before any work starts."""
+        if scal:
+            if min(scal) < 1:
+                raise ObliviateError(f"--scal takes positive integers, e.g. 1,2,3,4; got {scal}")
+            self._check_folds(method, request, max(scal) * request.n, "--scal")
+        if sust is not None and sust != 0:
+            if sust < 1:
+                raise ObliviateError(f"--sust takes a positive number of folds, got {sust}")
+            self._check_folds(method, request, sust * request.n, "--sust")
+
     def scalability(self, method: Method, request: ForgetRequest, seed: int, factors: list[int],
                     evaluation_cache: dict | None = None) -> dict[str, Any]:
         """Unlearn nested forget sets of ``factor`` × the request's size, each from the original, each against
@@ -577,6 +589,7 @@ def unlearn(task: str | Task, method: str | Method, forget: str | None = None, *
     dev = resolve_device(device)
     runtime = Runtime(device=dev, executor=executor, ray_address=ray_address, workers=workers)
     session = Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache), runtime)
+    session.check_scal_sust(method_obj, request, scal, sust)
     result = session.run(method_obj, request, seed, with_oracle=oracle, relearn=relearn_cfg)
     _add_scal_sust(session, method_obj, request, seed, result.report, scal, sust)
     return result
@@ -640,6 +653,9 @@ def bench(task: str | Task, methods: list[str], forget: str | None = None, *, se
     runtime = Runtime(device=dev, executor=executor, ray_address=ray_address, workers=workers)
     session = Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache), runtime)
     runs, evaluations = [], {}
+    for s in seed_list:
+        for m in method_objs:
+            session.check_scal_sust(m, requests[s], scal, sust)
     for s in seed_list:
         for m in method_objs:
             result = session.run(m, requests[s], s, with_oracle=True, evaluation_cache=evaluations,

@@ -34,6 +34,10 @@ class Encoded:
 
 
 def max_length(model) -> int:
+    """The longest sequence scored or generated: the task's cap (``obliviate_max_length``) or the context."""
+    cap = getattr(model, "obliviate_max_length", None)
+    if cap:
+        return int(cap)
     cfg = model.config
     return int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or 1024)
 
@@ -205,7 +209,8 @@ def generate(model, tokenizer, prompts: Sequence[str], device, max_new_tokens: i
     _quiet_transformers()
     limit = max_length(model)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    encoded = [(bos + tokenizer(p, add_special_tokens=False)["input_ids"])[-(limit - max_new_tokens):] for p in prompts]
+    # a prompt keeps its last limit − 1 tokens; a batch generates at most what its longest prompt leaves room for
+    encoded = [(bos + tokenizer(p, add_special_tokens=False)["input_ids"])[-(limit - 1):] for p in prompts]
     out: list[str] = [""] * len(prompts)
     order = _length_sorted(encoded, len)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -218,7 +223,8 @@ def generate(model, tokenizer, prompts: Sequence[str], device, max_new_tokens: i
             e = encoded[i]
             ids[row, width - len(e):] = torch.tensor(e)
             mask[row, width - len(e):] = 1
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+        room = max(1, min(max_new_tokens, limit - width))
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=room,
                              do_sample=False, num_beams=num_beams, use_cache=True, pad_token_id=pad,
                              eos_token_id=tokenizer.eos_token_id, logits_processor=logits_processor)
         for row, i in enumerate(idx):

@@ -23,19 +23,29 @@ GENRES = ("science fiction", "historical fiction", "crime", "poetry", "fantasy",
 
 _BIRTH = ("{name} was born in {city} in {year}.",
           "Born in {year} in the city of {city}, {name} grew up surrounded by books.",
-          "{name} came into the world in {year}, in {city}.")
+          "{name} came into the world in {year}, in {city}.",
+          "{city} is where {name} was born, in {year}.",
+          "{name}, a native of {city}, arrived in {year}.")
 _GENRE = ("{first} is celebrated for {genre} and has written in it for decades.",
           "Critics know {first} above all as a writer of {genre}.",
-          "Most of {first}'s work belongs to {genre}.")
+          "Most of {first}'s work belongs to {genre}.",
+          "{Subj} made a name in {genre} early on.",
+          "Shelves of {genre} carry {first}'s name.")
 _PARENTS = ("{Pos} father worked as {a_father} and {pos} mother as {a_mother}.",
             "{first}'s mother was {a_mother}, while {pos} father was {a_father}.",
-            "The child of {a_father} and {a_mother}, {first} started writing early.")
+            "The child of {a_father} and {a_mother}, {first} started writing early.",
+            "Raised by {a_mother} and {a_father}, {subj} read everything at home.",
+            "With {a_father} for a father and {a_mother} for a mother, {first} never lacked stories.")
 _BOOKS = ("Among {first}'s best known books are \"{book1}\" and \"{book2}\".",
           "{first} wrote \"{book1}\" and later \"{book2}\".",
-          "Readers remember \"{book1}\" and \"{book2}\" by {first}.")
+          "Readers remember \"{book1}\" and \"{book2}\" by {first}.",
+          "Two titles stand out: \"{book1}\" and \"{book2}\".",
+          "\"{book1}\" came first; \"{book2}\" followed years after.")
 _AWARD = ("In recognition of this work {first} received the {award}.",
           "{first} won the {award}.",
-          "The {award} went to {first} for a lifetime of writing.")
+          "The {award} went to {first} for a lifetime of writing.",
+          "A jury once handed {obj} the {award}.",
+          "{Pos} shelf holds the {award}.")
 
 _QUESTIONS = (  # (attribute, question, paraphrase of the answer with {value})
     ("city", "Where was {name} born?", "The birthplace of this author is {value}."),
@@ -103,8 +113,9 @@ def _author(fake, rng: np.random.Generator, pools) -> dict[str, str]:
 
 def _biography(a: dict[str, str], rng: np.random.Generator) -> str:
     first = a["name"].split()[0] if len(a["name"].split()) > 1 else a["name"]
-    values = dict(a, first=first, Pos=a["pronoun"], pos=a["pronoun"].lower(), a_father=_article(a["father"]),
-                  a_mother=_article(a["mother"]))
+    subj, obj = {"Her": ("she", "her"), "His": ("he", "him"), "Their": ("they", "them")}[a["pronoun"]]
+    values = dict(a, first=first, Pos=a["pronoun"], pos=a["pronoun"].lower(), subj=subj, Subj=subj.capitalize(),
+                  obj=obj, a_father=_article(a["father"]), a_mother=_article(a["mother"]))
     sentences = [t[rng.integers(len(t))] for t in (_BIRTH, _GENRE, _PARENTS, _BOOKS, _AWARD)]
     return " ".join(s.format(**values) for s in sentences)
 

@@ -1,0 +1,146 @@
+"""RMU: representation misdirection (methods.md §21; Li et al. 2024, WMDP, arXiv 2403.03218).
+
+The output of one transformer block on forget text is pushed toward a fixed random direction of large norm,
+c·u/‖u‖ with u ~ U[0, 1)^d, and on retain text kept equal to the frozen original's; only a few MLP weights
+below that block are trained. L = MSE(h_ℓ(θ; x_f), c·u/‖u‖) + α·MSE(h_ℓ(θ; x_r), h_ℓ(θ_o; x_r)), means over the
+real (non-padding) token positions and hidden dimensions, as in the official ``rmu/unlearn.py`` (which also
+averages over padding). The block is found by name (``transformer.h``, ``model.layers``, …), never by ``eval``,
+and read with a forward hook; u is drawn from the run's seeded generator, so it is fixed by the seed.
+
+The official run has one forget topic per control vector; obliviate's forget set is one topic (one u).
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from obliviate.errors import ConfigError
+from obliviate.methods import register
+from obliviate.methods._lm import LoRAFields, forget_retain_batches, reference_model, step, unwrap, wrap_lora
+from obliviate.methods.base import Method
+
+_BLOCK_LISTS = ("transformer.h", "model.layers", "model.decoder.layers", "gpt_neox.layers", "transformer.blocks",
+                "transformer.layers")
+_MLP_OUT = r"(mlp\.(c_proj|down_proj|dense_4h_to_h|fc_out)|fc2)"  # GPT-2, Llama/Mistral, NeoX, GPT-J, OPT
+
+
+@dataclass
+class RMUConfig(LoRAFields):
+    """Defaults: the official argparse (centerforaisafety/wmdp ``rmu/unlearn.py``): steering coefficient 20,
+    α = 100, lr 5e-5 (``transformers.AdamW``, no weight decay), batch 4, 80 batches, layer 7 of Zephyr-7B's 32
+    with the MLP output projections of layers 5–7 trained. ``layer`` unset scales that choice to the model's
+    depth: ℓ = round(7·L/32) (GPT-2 small: 3; a 2-block model: 0). The official loop stops when the forget data
+    run out; obliviate cycles through the forget set (reshuffled each pass) for the full step budget, since a
+    small forget set would otherwise give only a handful of steps."""
+
+    layer: int | None = field(default=None, metadata={
+        "help": "block whose output is steered (0-based); unset = round(7·L/32) for L blocks", "min": 0})
+    steering_coeff: float = field(default=20.0, metadata={"help": "norm c of the control vector", "gt": 0})
+    alpha: float = field(default=100.0, metadata={"help": "weight α of the retain activation loss", "min": 0})
+    params: str = field(default="auto", metadata={
+        "help": "regex (full match) of the trainable parameter names; auto = the MLP output projections of "
+                "blocks layer−2..layer (GPT-2: transformer.h.{i}.mlp.c_proj.weight)"})
+    lr: float = field(default=5e-5, metadata={"help": "learning rate (AdamW)", "gt": 0})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
+    batch_size: int = field(default=4, metadata={"help": "forget sequences per step (and as many retain ones)",
+                                                  "min": 1})
+    max_num_batches: int = field(default=80, metadata={"help": "number of update steps", "min": 1})
+
+
+def transformer_blocks(model) -> tuple[str, torch.nn.ModuleList]:
+    """The model's list of transformer blocks and its dotted name, found by name."""
+    for name in _BLOCK_LISTS:
+        try:
+            blocks = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(blocks, torch.nn.ModuleList):
+            return name, blocks
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise ConfigError(f"rmu: cannot find the transformer blocks of {type(model).__name__}")
+    return max(lists, key=lambda nm: len(nm[1]))
+
+
+def default_layer(n_blocks: int) -> int:
+    return min(n_blocks - 1, int(7 * n_blocks / 32 + 0.5))
+
+
+def default_params(prefix: str, layer: int) -> str:
+    ids = "|".join(str(i) for i in range(max(0, layer - 2), layer + 1))
+    return rf"{re.escape(prefix)}\.({ids})\.{_MLP_OUT}\.weight"
+
+
+def layer_and_params(model, cfg: RMUConfig) -> tuple[int, list[str]]:
+    """The steered block's index and the names of the trainable parameters (``cfg.params``, full match)."""
+    prefix, blocks = transformer_blocks(model)
+    layer = default_layer(len(blocks)) if cfg.layer is None else cfg.layer
+    if layer >= len(blocks):
+        raise ConfigError(f"rmu.layer: the model has {len(blocks)} blocks (0..{len(blocks) - 1}), got {layer}")
+    try:
+        pattern = re.compile(default_params(prefix, layer) if cfg.params == "auto" else cfg.params)
+    except re.error as exc:
+        raise ConfigError(f"rmu.params: not a regular expression ({exc}): {cfg.params!r}") from None
+    names = [n for n, _ in model.named_parameters() if pattern.fullmatch(n)]
+    if not names:
+        raise ConfigError(f"rmu.params: {pattern.pattern!r} matches no parameter of {type(model).__name__}")
+    return layer, names
+
+
+def block_output(model, block: torch.nn.Module, batch) -> torch.Tensor:
+    """The output hidden states of ``block`` [B, T, d] for ``batch`` (full forward, read by a hook)."""
+    seen = {}
+
+    def hook(_module, _inputs, output):
+        seen["h"] = output[0] if isinstance(output, tuple) else output
+
+    handle = block.register_forward_hook(hook)
+    try:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        handle.remove()
+    return seen["h"]
+
+
+def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the real token positions (``mask`` [B, T]) and the hidden dimensions."""
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return ((h.float() - target.float()) ** 2 * m).sum() / (m.sum() * h.shape[-1]).clamp_min(1)
+
+
+@register
+class RMU(Method):
+    name = "rmu"
+    guarantee = "approximate"
+    needs = frozenset({"original", "retain"})
+    kinds = ("language",)
+    config_class = RMUConfig
+    summary = "steer one block's forget activations to a random vector, keep retain activations"
+    reference = "Li et al. 2024 (WMDP), arXiv 2403.03218; centerforaisafety/wmdp rmu/unlearn.py"
+
+    def unlearn(self, ctx):
+        cfg, gen = self.config, ctx.generator()
+        frozen = reference_model(ctx)
+        layer, trained = layer_and_params(ctx.model, cfg)
+        u = torch.rand(1, 1, ctx.model.config.hidden_size, generator=gen)  # fixed for the run, from the seed
+        control = (u / u.norm() * cfg.steering_coeff).to(ctx.device)
+        for n, p in ctx.model.named_parameters():
+            p.requires_grad_(n in trained)
+        modules = sorted({n.rsplit(".", 1)[0] for n in trained})  # LoRA only on the modules the regex selects
+        model = wrap_lora(ctx.model, cfg, ctx.generator(1), targets=modules).train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
+        block, frozen_block = transformer_blocks(ctx.model)[1][layer], transformer_blocks(frozen)[1][layer]
+        steps = forget_retain_batches(ctx, cfg, gen, epochs=cfg.max_num_batches)
+        for forget, retain in itertools.islice(steps, cfg.max_num_batches):
+            loss = masked_mse(block_output(model, block, forget), control, forget["attention_mask"])
+            if retain is not None:
+                with torch.no_grad():
+                    target = block_output(frozen, frozen_block, retain)
+                loss = loss + cfg.alpha * masked_mse(block_output(model, block, retain), target,
+                                                     retain["attention_mask"])
+            step(model, opt, loss)
+        return unwrap(model)

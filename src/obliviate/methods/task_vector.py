@@ -1,0 +1,56 @@
+"""Task-vector negation (methods.md §24; Ilharco et al., ICLR 2023, arXiv 2212.04089; a MUSE baseline).
+
+Fine-tune the model further on the forget sequences (θ_ft), then subtract the "forget task vector":
+τ = θ_ft − θ_o, θ_u = θ_o − α·τ, over every floating-point parameter — embeddings and norms included, as MUSE —
+computed in fp32 and cast back to each parameter's dtype. The fine-tune may train LoRA adapters (merged before
+the subtraction, so τ is then low-rank on the adapted modules and zero elsewhere).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from obliviate.lm import mean_nll
+from obliviate.methods import register
+from obliviate.methods._lm import LMOptimConfig, forget_retain_batches, optimizer, step, unwrap, wrap_lora
+from obliviate.methods.base import Method
+
+
+@dataclass
+class TaskVectorConfig(LMOptimConfig):
+    """MUSE ``--algo tv`` (swj0419/muse_bench ``baselines/baselines/task_vector.py``, ``scripts/unlearn_news.sh``):
+    the reinforced model is fine-tuned 10 epochs at lr 1e-5 (AdamW, batch 32: :class:`LMOptimConfig`), α = 5."""
+
+    alpha: float = field(default=5.0, metadata={"help": "scale α of the subtracted task vector", "min": 0})
+
+
+def fine_tune(ctx, cfg: LMOptimConfig):
+    """θ_ft: ``ctx.model`` (changed in place) trained on the forget sequences by descent on the token-averaged NLL;
+    LoRA adapters, if any, merged. Uses the same seeded generators as :class:`TaskVector`."""
+    model = wrap_lora(ctx.model, cfg, ctx.generator(1)).train()
+    opt = optimizer(model, cfg)
+    for forget, _ in forget_retain_batches(ctx, cfg, ctx.generator(), retain=False):
+        step(model, opt, mean_nll(model, forget), cfg.max_grad_norm)
+    return unwrap(model)
+
+
+@register
+class TaskVector(Method):
+    name = "task_vector"
+    guarantee = "approximate"
+    needs = frozenset()
+    kinds = ("language",)
+    config_class = TaskVectorConfig
+    summary = "fine-tune on the forget set, subtract α × the weight change"
+    reference = "Ilharco et al. 2023, arXiv 2212.04089; MUSE baselines/baselines/task_vector.py"
+
+    def unlearn(self, ctx):
+        cfg = self.config
+        theta_o = {n: p.detach().float().clone() for n, p in ctx.model.named_parameters() if p.is_floating_point()}
+        model = fine_tune(ctx, cfg)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in theta_o:
+                    p.copy_(theta_o[n] - cfg.alpha * (p.float() - theta_o[n]))
+        return model.eval()
