@@ -328,7 +328,10 @@ def render_bench_html(doc: dict[str, Any]) -> str:
         series[s["method"]] = [s.get(k) for k in keys]
     if "oracle" in ref:
         series["oracle"] = [ref["oracle"].get(k) for k in keys]
-    chart_metrics = _svg_bars(keys, series, "metrics (mean over seeds)")
+    plotted = [i for i, k in enumerate(keys) if k != "privleak"]  # a percentage: another scale
+    chart_metrics = _svg_bars([keys[i] for i in plotted], {name: [vals[i] for i in plotted]
+                                                           for name, vals in series.items()},
+                              "metrics (mean over seeds)")
     chart_tradeoff = _svg_scatter([(s["method"], s.get("time_ratio"), s.get("avg_gap")) for s in summary],
                                   "unlearn time ÷ oracle retrain time", "avg_gap to the oracle",
                                   "cost vs. closeness to the oracle (bottom-left is best)")
