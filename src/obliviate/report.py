@@ -209,7 +209,7 @@ def _svg_curves(xs: list, series: dict[str, list], xlabel: str, title: str) -> s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    fig, ax = plt.subplots(figsize=(8.0, 3.4))
     colors = {}
     for label, ys in series.items():
         key = label.split(" ")[0]
@@ -222,7 +222,7 @@ def _svg_curves(xs: list, series: dict[str, list], xlabel: str, title: str) -> s
     ax.set_xticks(xs)
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, frameon=False, ncol=2)
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.spines[["top", "right"]].set_visible(False)
     return svg_of(fig)
 
