@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.obliviate-installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-all clean
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ test-fast: install
 
 bench: install
 	$(PY) benchmarks/foundation.py
+
+bench-all: install  # every benchmark (about an hour on 2 cores)
+	$(PY) benchmarks/foundation.py
+	$(PY) benchmarks/exact.py
+	$(PY) benchmarks/approximate.py
+	$(PY) benchmarks/language.py
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache
