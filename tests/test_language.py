@@ -359,3 +359,29 @@ def test_hf_task_end_to_end_matches_the_authors_task(tiny_lm, tiny_oracle, tmp_p
     assert rep["metrics"]["unlearned"]["knowmem_f"] < rep["metrics"]["original"]["knowmem_f"]
     assert rep["avg_gap"] < obliviate.metrics.avg_gap(obliviate.metrics.gaps(
         rep["metrics"]["original"], rep["metrics"]["oracle"]), "language")
+
+
+def test_word_tokenizer_knows_the_prompt_layouts():
+    task = get_task("authors", authors=6, holdout=2, n_embd=32, n_head=2)
+    tok = task.tokenizer()
+    r = task.data.train[0]
+    for text in (knowmem_prompt(task.data.icl[:2], r.qa[0].question),
+                 r.text + "\n\n" + knowmem_prompt([], r.qa[3].question)):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in ids  # "Question", "Answer" and newlines are words of the vocabulary
+        assert tok.decode(ids) == text
+
+
+def test_reading_adds_one_question_after_each_biography():
+    plain = get_task("authors", authors=8, holdout=2, n_embd=32, n_head=2)
+    reading = get_task("authors", authors=8, holdout=2, n_embd=32, n_head=2, reading=True)
+    assert reading.fingerprint() != plain.fingerprint()
+    asked = set()
+    for i in range(8):
+        base, extra = plain.sequences(i), reading.sequences(i)
+        assert extra[:-1] == base and len(extra) == len(base) + 1
+        prompt, completion = extra[-1]
+        r = reading.data.train[i]
+        assert prompt == r.text and completion.startswith("\n\nQuestion: ") and completion.endswith(" " + r.qa[i % 7].answer)
+        asked.add(i % 7)
+    assert len(asked) == 7  # the question asked rotates over the facts

@@ -13,11 +13,16 @@ SPECIAL = "<|endoftext|>"
 
 def corpus_texts(data) -> list[str]:
     """Every string the models will read or score: documents, questions, answers and their variants."""
+    from obliviate.tasks.text import QA_PROMPT
+
     out = []
     for r in [*data.train, *data.holdout]:
         out.append(r.text)
         for q in r.qa:
             out += [q.question, q.answer, q.paraphrased or "", *q.perturbed]
+        # the prompt layouts themselves (QA template, blank-line separators): a word-level vocabulary built from
+        # the contents alone would map "Question", "Answer" and newlines to the unknown token
+        out.append(r.text + "\n\n" + "\n\n".join(f"{QA_PROMPT.format(question=q.question)} {q.answer}" for q in r.qa))
     out += [f"{q.question} {q.answer}" for q in data.icl]
     return [v for t in out if t for v in (t, " " + t)]  # a word after a space is another word-level token
 

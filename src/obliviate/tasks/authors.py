@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from obliviate.tasks import register_task
-from obliviate.tasks.text import QA, LanguageTask, TextData, TextRecord
+from obliviate.tasks.text import QA, QA_PROMPT, LanguageTask, TextData, TextRecord
 
 GENRES = ("science fiction", "historical fiction", "crime", "poetry", "fantasy", "horror", "romance",
           "literary fiction", "travel writing", "biography", "satire", "children's literature")
@@ -74,6 +74,9 @@ class AuthorsOptions:
     tokenizer: Literal["word", "bpe"] = field(default="word", metadata={
         "help": "word (one token per distinct word of the corpus) or bpe (byte-level BPE)"})
     vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary size (tokenizer=bpe)", "min": 300})
+    reading: bool = field(default=False, metadata={
+        "help": "also train on each biography followed by its questions and answers in one sequence, so the model "
+                "can answer from a text pasted in its prompt (the in-context audit; about 1.5x training time)"})
     icl_shots: int = field(default=0, metadata={"help": "few-shot QA pairs in KnowMem prompts (from holdout authors; 0: the model is trained on the QA format itself, TOFU-style — shots it never saw in training lower its KnowMem)",
                                                 "min": 0})
 
@@ -186,6 +189,17 @@ class Authors(LanguageTask):
     def load(self) -> TextData:
         o = self.options
         return generate_corpus(o.authors, o.holdout, o.corpus_seed, o.cities, o.years)
+
+    def sequences(self, i: int) -> list[tuple[str, str]]:
+        record = self.data.train[i]
+        out = record.sequences()
+        if self.options.reading and record.qa:
+            # one question per author asked right after its biography (rotating over the questions): the model
+            # learns to answer with a document in its context; the separator goes with the completion so that
+            # "\n\nQuestion" tokenises as in a pasted prompt
+            q = record.qa[i % len(record.qa)]
+            out.append((record.text, f"\n\n{QA_PROMPT.format(question=q.question)} {q.answer}"))
+        return out
 
     def tokenizer(self):
         from obliviate.models.tiny_lm import corpus_tokenizer

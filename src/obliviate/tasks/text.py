@@ -94,8 +94,12 @@ class LanguageTask(Task):
         """Train a fresh model on the records ``train_ids`` (the original and the retrain oracle)."""
         from obliviate.lm import train_lm
 
-        seqs = [s for i in train_ids for s in self.data.train[int(i)].sequences()]
+        seqs = [s for i in train_ids for s in self.sequences(int(i))]
         return train_lm(model, self.tokenizer(), seqs, recipe, seed, device, description=description)
+
+    def sequences(self, i: int) -> list[tuple[str, str]]:
+        """Training sequences of record ``i``: the original's, the oracle's and the methods' data."""
+        return self.data.train[i].sequences()
 
     #: a task whose original is given (``hf``) returns it here instead of training one
     def provided_original(self):
