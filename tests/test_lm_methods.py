@@ -23,7 +23,7 @@ from obliviate.methods._lm import LMOptimConfig, forget_retain_batches, kl_to_re
 from obliviate.methods.lm_gradient import npo_loss, simnpo_loss
 
 FORGET = (0, 1)  # the authors forgotten
-LANGUAGE = [m for m in obliviate.list_methods() if "language" in m.kinds and m.guarantee != "exact"]
+LANGUAGE = [m for m in obliviate.list_methods() if "language" in m.kinds and m.guarantee == "approximate"]
 OURS = {"gradient_ascent", "grad_diff", "npo", "simnpo", "rmu", "task_vector", "ga_gdr", "ga_klr", "npo_gdr", "npo_klr"}
 
 # 5 epochs of 2 steps (16 forget sequences, batch 8) at lr 3e-3: every method clearly forgets in < 1 s, and plain
@@ -254,7 +254,7 @@ def test_kl_retain_term_is_a_true_kl_on_completion_tokens(tiny_lm):
     mask = batch["labels"][:, 1:] != -100
     per_token = (p * (p.log() - q.log())).sum(-1)
     assert kl > 0.1 and kl == pytest.approx(float(per_token[mask].mean()), rel=1e-4)
-    assert kl != pytest.approx(float(per_token[batch["attention_mask"][:, 1:].bool()].mean()), rel=1e-2)
+    assert kl != pytest.approx(float(per_token[batch["attention_mask"][:, 1:].bool()].mean()), rel=1e-3)
 
 
 def test_batches_anchor_on_forget_with_same_size_retain_partners(tiny_lm):

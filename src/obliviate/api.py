@@ -53,7 +53,9 @@ def route_overrides(task_name: str, method_names: Iterable[str], overrides: dict
     tcls = task_class(task_name)
     task_keys = {f.name for f in dataclasses.fields(tcls.options_class)}
     kind = "language" if getattr(tcls, "kind", None) == "language" else None
-    method_keys = {m: {f.name for f in dataclasses.fields(get_method(m, kind).config_class)} for m in method_names}
+    from obliviate.methods.filter import config_fields
+
+    method_keys = {m: config_fields(m, kind) for m in method_names}
     task_opts: dict[str, Any] = {}
     recipe: dict[str, Any] = {}
     per_method: dict[str, dict[str, Any]] = {m: {} for m in method_names}
@@ -88,7 +90,21 @@ def _lora_key(key: str) -> str:
 
 def build_method(name: str, values: dict[str, Any], task: Task) -> Method:
     """The method for ``task``'s kind, its config = the task's suggested values (``method_defaults``, e.g. a
-    learning rate suited to the authors task's tiny GPT-2) overridden by the user's."""
+    learning rate suited to the authors task's tiny GPT-2) overridden by the user's.
+
+    ``"<method>+filter"`` (language tasks) builds ``<method>`` and puts the in-context filter in front of its
+    unlearned model (:mod:`obliviate.methods.filter`): the guarantee stays the base's; a value goes to the base
+    when its config has the key, else to the filter (``action=redact``, ``filter.tau_ngram=0.3``)."""
+    from obliviate.methods.filter import compose, split_composite, split_values
+
+    base_name, composite = split_composite(name)
+    if composite:
+        if task.kind != "language":
+            raise ObliviateError(f"{name!r}: the in-context filter applies to language tasks; {task.name} is a "
+                                 f"{task.kind} task")
+        base_cls = get_method(base_name, task.kind)
+        base_values, filter_values = split_values(values, {f.name for f in dataclasses.fields(base_cls.config_class)})
+        return compose(build_method(base_name, base_values, task), filter_values)
     cls = get_method(name, task.kind)
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     suggested = {k: v for k, v in getattr(task, "method_defaults", {}).get(name, {}).items() if k in fields}
@@ -544,6 +560,9 @@ class Session:
         }
         if oracle_note:
             report["oracle"] = oracle_note
+        for key in ("guard", "filter"):  # suppression layers: detector quality and generation counts (live dicts)
+            if key in ctx.extras:
+                report[key] = copy.deepcopy(ctx.extras[key])
         if start is not None:
             models["start"] = {"sha256": start[1].get("sha256")}
         if relearn_block is not None:

@@ -245,6 +245,91 @@ def demo(out_dir: str = typer.Option("reports", "--out", help="directory for dem
         out.print(f"wrote {json_path} and {html_path}")
 
 
+def _split_audit(pairs: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``audit.key=value`` pairs are the audit's own settings; the rest go to route_overrides."""
+    audit_values = {k[len("audit."):]: v for k, v in pairs.items() if k.startswith("audit.")}
+    return audit_values, {k: v for k, v in pairs.items() if not k.startswith("audit.")}
+
+
+def _print_audit(doc: dict[str, Any]) -> None:
+    ic, rl, qz, pr, se = (doc[k] for k in ("incontext", "relearn", "quantized", "probe", "side_effects"))
+    roles = [r for r in ("original", "oracle", "unlearned", "unlearned+filter") if r in ic["models"]]
+    t = Table(title=f"audit: {doc['method']} ({doc['guarantee']}) on {doc['task']} · forget {doc['forget']['spec']} "
+                    f"(n={doc['forget']['n']}) · seed {doc['seed']}")
+    t.add_column("check")
+    for role in roles:
+        t.add_column(role, justify="right")
+
+    def row(label: str, values: dict[str, Any]) -> None:
+        t.add_row(label, *(_fmt(values.get(r)) for r in roles))
+
+    row("KnowMem_f, no context", {r: ic["models"][r]["base"] for r in roles})
+    row("KnowMem_f, document pasted", {r: ic["models"][r]["context"] for r in roles})
+    row("in-context recovery", {r: ic["models"][r]["recovery"] for r in roles})
+    steps = {r: (f"≥{v['steps']}" if v["saturated"] else v["steps"]) for r, v in rl["models"].items()}
+    row(f"relearn steps to {rl['band']:g}×original", steps)
+    for name, v in qz["variants"].items():
+        label = name if name != "fp16" else v.get("dtype", name)
+        row(f"KnowMem_f {label}", {"original": qz["original"]["knowmem_f"], "unlearned": v["knowmem_f"]})
+    row(f"probe accuracy ({pr['attribute']})", {r: v["accuracy"] for r, v in pr["models"].items()})
+    row("retain KnowMem related / unrelated", {r: f"{_fmt(v['related'])} / {_fmt(v['unrelated'])}"
+                                               for r, v in se["knowmem"].items()})
+    out.print(t)
+    e = Table(title="evidence")
+    for col in ("check", "value", "threshold", "suppression-like"):
+        e.add_column(col, justify="left" if col == "check" else "right")
+    for item in doc["evidence"]:
+        e.add_row(item["check"], _fmt(item["value"]), _fmt(item["threshold"]), "yes" if item["suppression"] else "no")
+    out.print(e)
+    notes = [f"relearn: anamnesis {_fmt(rl['anamnesis'])}" + (" (a bound: one run saturated)" if rl["anamnesis_bound"]
+                                                            else "") + (f"; {rl['note']}" if rl.get("note") else ""),
+             f"probe: chance {_fmt(pr.get('chance'))}, {pr['n_train']} train / {pr['n_test']} test subjects"
+             + (f"; {pr['note']}" if pr.get("note") else ""),
+             f"side effects: {len(se['related_ids'])} related / {len(se['unrelated_ids'])} unrelated retain subjects; "
+             f"change related − unrelated (unlearned) {_fmt(se['change'].get('unlearned', {}).get('difference'))}"]
+    notes += ic.get("warnings", []) + ([ic["note"]] if ic.get("note") else [])
+    for n in notes:
+        out.print(n, markup=False, highlight=False)
+    out.print(f"verdict: [bold]{doc['verdict']}[/bold]   time: {doc['time_s']['total']:.1f}s")
+
+
+@app.command("audit")
+def audit_cmd(task: str = typer.Option(..., "--task", help="a language task (see `obliviate tasks`)"),
+              method: str = typer.Option(..., "--method", help="method name (see `obliviate methods`)"),
+              forget: Optional[str] = typer.Option(None, "--forget", help="forget spec, e.g. subjects:2 (default: "
+                                                   "the task's)"),
+              seed: int = typer.Option(0, "--seed", help="seed of training, forget sampling, unlearning and audits"),
+              device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
+              set_: Optional[List[str]] = typer.Option(None, "--set", help="key=value: task option, train.<recipe "
+                                                       "key>, method config, or audit.<key> (relearn_lr, "
+                                                       "max_steps, band, probe_attribute, ...)"),
+              json_path: Optional[str] = typer.Option(None, "--json", help="write the obliviate.audit/1 document "
+                                                      "here"),
+              html_path: Optional[str] = typer.Option(None, "--html", help="write a self-contained HTML report here"),
+              cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="model cache directory"),
+              no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the model cache"),
+              quiet: bool = typer.Option(False, "--quiet", help="no progress bars or table")) -> None:
+    """Removal-vs-suppression audits of a language method (in-context, relearn, quantization, probe, side effects)."""
+    from obliviate.audit import audit as run_audit
+    from obliviate.audit import require_language
+    from obliviate.tasks import task_class
+
+    _quiet(quiet)
+    for path, flag in ((json_path, "--json"), (html_path, "--html")):
+        check_output_path(path, flag)
+    require_language(task, getattr(task_class(task), "kind", None))  # before any data is loaded
+    audit_values, rest = _split_audit(split_overrides(set_ or []))
+    task_opts, recipe, per_method = api.route_overrides(task, [method], rest)
+    doc = run_audit(task, method, forget, seed=seed, device=device, task_options=task_opts, train=recipe,
+                    cache_dir=cache_dir, use_cache=not no_cache, audit_config=audit_values, **per_method[method])
+    if json_path:
+        write_json(doc, json_path)
+    if html_path:
+        write_html(doc, html_path)
+    if not quiet:
+        _print_audit(doc)
+
+
 @app.command("methods")
 def methods_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable listing")) -> None:
     """List every registered method: name, guarantee, needs, task kinds."""

@@ -1,0 +1,227 @@
+"""GUARD around any Hugging Face causal LM (methods.md §25): detect prompts that target forgotten records,
+retrieve the nearest forget record, and decode under a restriction that forbids its key phrases.
+
+>>> guard = Guard(model, tokenizer, forget=forget_records, retain=retain_records)   # doctest: +SKIP
+>>> guard.detector_metrics["precision"], guard.detector_metrics["recall"]           # doctest: +SKIP
+>>> guard.generate(["Question: Where was Jennifer Bates born?\\nAnswer:"])          # doctest: +SKIP
+>>> guarded = guard.wrap()      # an nn.Module: forward = the model's, generate = guarded  # doctest: +SKIP
+
+This is **suppression**: weights are untouched, so teacher-forced scores (PrivLeak, truth ratio, forget
+probability) stay the original model's; only generated text changes, and only for detected prompts — every
+other prompt decodes bit for bit as the unguarded model.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from obliviate.errors import ObliviateError
+from obliviate.guard.config import GuardConfig
+from obliviate.guard.detector import fit_detector, id_features, pad_id, prompt_features
+from obliviate.guard.embedder import load_embedder
+from obliviate.guard.phrases import SUBJECT_PROMPTS, PhraseBank, as_record, record_prompts, sentences
+
+
+def _device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        return torch.device("cpu")
+
+
+def row_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[list[int]]:
+    """The real tokens of each row of a (left- or right-padded) generation batch."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    return [ids[m.bool()].tolist() for ids, m in zip(input_ids.cpu(), attention_mask.cpu())]
+
+
+def row_prompts(tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[str]:
+    """The text of each row of a generation batch, special tokens removed (a word the tokenizer does not know
+    decodes to nothing: text is for retrieval and filtering, the detector reads the token ids themselves)."""
+    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in row_ids(input_ids, attention_mask)]
+
+
+class Guard:
+    """GUARD for ``model`` (frozen, never changed) and ``tokenizer``.
+
+    ``forget``: the records to suppress (:class:`~obliviate.tasks.text.TextRecord` or plain documents);
+    ``retain``: records whose prompts are negatives of the detector and whose text sets phrase rarity;
+    ``general``: more negative prompts (strings) or records. The detector is trained at construction.
+    """
+
+    def __init__(self, model, tokenizer, forget: Sequence, retain: Sequence = (), general: Sequence = (),
+                 config: GuardConfig | None = None, seed: int = 0, embedder=None):
+        self.config = cfg = config if config is not None else GuardConfig()
+        self.model, self.tokenizer, self.seed = model, tokenizer, seed
+        self.forget = [as_record(r) for r in (forget or [])]
+        self.retain = [as_record(r) for r in (retain or [])]
+        if not self.forget:
+            raise ObliviateError("GUARD needs at least one forget record (the forget set is empty)")
+        general_records = [as_record(g) for g in general if not isinstance(g, str)]
+        general_prompts = [g for g in general if isinstance(g, str)]
+        pos = [(p, ("f", i, g)) for i, r in enumerate(self.forget) for p, g in record_prompts(r, tokenizer)]
+        neg = [(p, ("r", i, g)) for i, r in enumerate(self.retain + general_records)
+               for p, g in record_prompts(r, tokenizer)]
+        neg += [(p, ("g", j, 0)) for j, p in enumerate(general_prompts)]
+        if len(pos) < cfg.min_prompts or len(neg) < cfg.min_prompts:
+            raise ObliviateError(
+                f"GUARD's detector needs at least {cfg.min_prompts} forget-target prompts and {cfg.min_prompts} "
+                f"other prompts (--set min_prompts=N); the {len(self.forget)} forget record(s) give {len(pos)} and "
+                f"the retain/general data {len(neg)} (a record gives two prompts per question, its document's first "
+                f"sentence and, with a subject, {len(SUBJECT_PROMPTS)} prompts about it)")
+        self.embedder = embedder if embedder is not None else load_embedder(cfg.embedder, _device(model))
+        self.prompts = [p for p, _ in pos + neg]
+        self.labels = np.array([1] * len(pos) + [0] * len(neg), dtype=np.int64)
+        groups = [g for _, g in pos + neg]
+        start = time.perf_counter()
+        feats = prompt_features(model, tokenizer, self.prompts)
+        features_s = time.perf_counter() - start
+        self.detector, metrics = fit_detector(feats, self.labels, groups, cfg, seed)
+        self.detector.to(_device(model))
+        metrics["features_s"] = features_s
+        self.detector_metrics: dict[str, Any] = metrics
+        self.bank = PhraseBank(tokenizer, self.forget, self.forget + self.retain + general_records, cfg,
+                               self.embedder)
+        # retrieval keys: per forget record its questions, its sentences and its subject
+        keys = [(i, k) for i, r in enumerate(self.forget)
+                for k in [q.question for q in r.qa] + sentences(r.text) + ([r.subject] if r.subject else [])]
+        self._key_owner = np.array([i for i, _ in keys], dtype=np.int64)
+        self._key_emb = self.embedder.encode([k for _, k in keys])
+        self.stats: dict[str, Any] = {"detector": metrics, "generation": {"calls": 0, "rows": 0, "detected": 0,
+                                                                         "warnings": 0}}
+
+    # -- detection and retrieval --------------------------------------------------------------------------
+    def detect_proba(self, prompts: Sequence[str]) -> np.ndarray:
+        if not len(prompts):
+            return np.zeros(0)
+        return self.detector.prob(prompt_features(self.model, self.tokenizer, list(prompts))).numpy()
+
+    def detect(self, prompts: Sequence[str]) -> np.ndarray:
+        """Boolean per prompt: a forget target (p(f|z) > threshold)."""
+        return self.detect_proba(prompts) > self.config.threshold
+
+    def retrieve(self, prompts: Sequence[str], k: int | None = None) -> list[tuple[int, ...]]:
+        """For each prompt, the ``k`` (``retrieve_k``) nearest forget records by SBERT max-cosine over their
+        questions, sentences and subject."""
+        k = min(k or self.config.retrieve_k, len(self.forget))
+        if not len(prompts):
+            return []
+        sim = self.embedder.encode(list(prompts)) @ self._key_emb.T  # [n, keys]
+        per_record = torch.full((sim.shape[0], len(self.forget)), -2.0)
+        owner = torch.as_tensor(self._key_owner)
+        per_record = per_record.scatter_reduce(1, owner.expand(sim.shape[0], -1), sim, reduce="amax")
+        return [tuple(int(i) for i in row) for row in torch.topk(per_record, k, dim=1).indices.tolist()]
+
+    def phrases(self, record: int) -> list[str]:
+        """The forbidden key phrases of forget record ``record``."""
+        return list(self.bank.phrases[record])
+
+    def processor(self, row_records, prompt_len: int | None = None):
+        """The decoding restriction for a batch (``row_records[b]``: record index/indices or None)."""
+        return self.bank.processor(row_records, prompt_len)
+
+    # -- generation ---------------------------------------------------------------------------------------
+    def detect_ids(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
+        """:meth:`detect` on token ids (rows of a generation batch; BOS is added where the tokenizer has one and
+        the row lacks it, as in training)."""
+        bos = self.tokenizer.bos_token_id
+        rows = [list(r) if bos is None or (r and r[0] == bos) else [bos, *r] for r in rows]
+        if not rows:
+            return np.zeros(0, dtype=bool)
+        z = id_features(self.model, rows, pad_id(self.tokenizer))
+        return self.detector.prob(z).numpy() > self.config.threshold
+
+    def plan(self, prompts: Sequence[str], rows: Sequence[Sequence[int]] | None = None
+             ) -> list[tuple[int, ...] | None]:
+        """Per prompt: the forget records whose phrases restrict its decoding, or None (not detected). With
+        ``rows`` (the prompts' token ids) the detector reads those instead of re-encoding the text."""
+        hits = self.detect(prompts) if rows is None else self.detect_ids(rows)
+        found = self.retrieve([p for p, h in zip(prompts, hits) if h])
+        it = iter(found)
+        return [next(it) if h else None for h in hits]
+
+    def wrap(self) -> "GuardedModel":
+        """The guarded model: an ``nn.Module`` that scores like the model and generates under GUARD."""
+        return GuardedModel(self)
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 32, num_beams: int = 1, batch_size: int = 32,
+                 stop: str | None = None) -> list[str]:
+        """Guarded greedy (or beam) continuations, as :func:`obliviate.lm.generate` makes them."""
+        from obliviate.lm import generate
+
+        return generate(self.wrap(), self.tokenizer, prompts, _device(self.model), max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, stop=stop, num_beams=num_beams)
+
+
+class GuardedModel(torch.nn.Module):
+    """The model under GUARD, usable wherever the model is: ``forward`` (and so every teacher-forced score) is
+    the base model's; ``generate(input_ids=, attention_mask=, ...)`` decodes each row's prompt, runs the
+    detector, and applies the decoding restriction to the detected rows only. Other attributes (``config``,
+    ``generation_config``, ``obliviate_max_length``, ...) are the base model's. ``save_pretrained`` writes the
+    base model (weights are untouched: suppression cannot be saved into them) plus ``guard.json``."""
+
+    def __init__(self, guard: Guard):
+        super().__init__()
+        self.base = guard.model
+        self.detector = guard.detector
+        self._guard = guard
+
+    @property
+    def guard(self) -> Guard:
+        return self._guard
+
+    def forward(self, *args, **kwargs):
+        return self.base(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_") or name in {"base", "detector"}:
+                raise
+            return getattr(self._modules["base"], name)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 logits_processor=None, **kwargs):
+        from transformers import LogitsProcessorList
+
+        guard = self._guard
+        if input_ids is None:
+            input_ids = kwargs.pop("inputs", None)
+        if input_ids is None:
+            raise ObliviateError("GuardedModel.generate needs input_ids")
+        rows = row_ids(input_ids, attention_mask)
+        prompts = [guard.tokenizer.decode(r, skip_special_tokens=True) for r in rows]
+        plan = guard.plan(prompts, rows)
+        gen = guard.stats["generation"]
+        gen["calls"] += 1
+        gen["rows"] += len(prompts)
+        gen["detected"] += sum(p is not None for p in plan)
+        if not any(p is not None for p in plan):
+            return self.base.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                      logits_processor=logits_processor, **kwargs)
+        proc = guard.processor(plan, prompt_len=int(input_ids.shape[1]))
+        procs = LogitsProcessorList([*(logits_processor or []), proc])
+        try:
+            return self.base.generate(input_ids=input_ids, attention_mask=attention_mask, logits_processor=procs,
+                                      **kwargs)
+        finally:
+            gen["warnings"] += proc.warnings
+
+    def save_pretrained(self, path, **kwargs):
+        import json
+        from pathlib import Path
+
+        from obliviate.config import as_dict
+
+        self.base.save_pretrained(path, **kwargs)
+        g = self._guard
+        meta = {"method": "guard", "guarantee": "suppression", "config": as_dict(g.config),
+                "detector": {k: v for k, v in g.detector_metrics.items()},
+                "note": "the weights are the unguarded model's; GUARD acts at generation time only"}
+        Path(path, "guard.json").write_text(json.dumps(meta, indent=2, default=str))

@@ -1,0 +1,36 @@
+"""GUARD: generation-time unlearning by adaptive restriction and detection (methods.md §25) — a suppression
+method. The weights are untouched; the returned model detects prompts that target the forget records and forbids
+their key phrases while decoding. Teacher-forced metrics (PrivLeak, truth ratio, forget probability) therefore
+stay the original's: that is what suppression means, and every report says so."""
+from __future__ import annotations
+
+from obliviate.guard import Guard, GuardConfig
+from obliviate.methods import register
+from obliviate.methods.base import Method
+
+
+def forget_retain_records(ctx):
+    recs = ctx.task.data.train
+    return [recs[int(i)] for i in ctx.forget_ids], [recs[int(i)] for i in ctx.retain_ids]
+
+
+@register
+class GuardMethod(Method):
+    name = "guard"
+    guarantee = "suppression"
+    needs = frozenset({"retain"})
+    kinds = ("language",)
+    config_class = GuardConfig
+    summary = "detect prompts about the forget set and forbid its key phrases while decoding (weights untouched)"
+    reference = "Deng et al. 2025, GUARD (arXiv 2505.13312); design: methods.md §25.2"
+
+    def unlearn(self, ctx):
+        forget, retain = forget_retain_records(ctx)
+        holdout = list(getattr(ctx.task.data, "holdout", []) or [])  # never trained on: general negatives
+        model = ctx.model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        guard = Guard(model, ctx.tokenizer or ctx.task.tokenizer(), forget=forget, retain=retain, general=holdout,
+                      config=self.config, seed=ctx.seed)
+        ctx.extras["guard"] = guard.stats  # live: generation counts fill in during evaluation
+        return guard.wrap()
