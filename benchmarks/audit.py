@@ -76,12 +76,17 @@ def guard_block(cache: str) -> tuple[dict, str]:
     return block, "\n".join(lines) + "\n"
 
 
-def audits(methods: list[str], cache: str) -> tuple[list[dict], str]:
+def acc(probe: dict, role: str):
+    return probe.get("models", {}).get(role, {}).get("accuracy")
+
+
+def audits(methods: list[str], cache: str, out: Path) -> tuple[list[dict], str]:
     docs = []
     for name in methods:
         start = time.perf_counter()
         doc = audit("authors", name, "random:0.1", task_options=TASK, cache_dir=cache)
         docs.append(doc)
+        (out / "audit_runs.json").write_text(json.dumps(docs, indent=1, default=str))  # kept if a later step fails
         print(f"  audit {name:<16} {doc['verdict']:<18} {time.perf_counter() - start:.0f} s", flush=True)
     lines = ["### Audit table (authors `random:0.1`, seed 0)", "",
              "| method | guarantee | knowmem_f | relearn steps (oracle) | anamnesis | int8 knowmem_f | fp16 knowmem_f | "
@@ -89,14 +94,15 @@ def audits(methods: list[str], cache: str) -> tuple[list[dict], str]:
              "|" + "---|" * 11]
     for d in docs:
         rl, qz, pr, se = d["relearn"], d["quantized"], d["probe"], d["side_effects"]
-        steps = lambda role: (f"{rl[role]['steps']}{'+' if rl[role]['saturated'] else ''}"  # noqa: E731
-                              if role in rl else "–")
-        ch = se["change"]["unlearned"]
+        runs = rl.get("models", {})
+        steps = lambda role: (f"{runs[role]['steps']}{'+' if runs[role]['saturated'] else ''}"  # noqa: E731
+                              if role in runs else "–")
+        ch = se.get("change", {}).get("unlearned", {})
         lines.append(
             f"| {d['method']} | {d['guarantee']} | {fmt(d['metrics']['unlearned']['knowmem_f'])} | "
             f"{steps('unlearned')} ({steps('oracle')}) | {fmt(rl.get('anamnesis'))} | "
             f"{fmt(qz['variants']['int8']['knowmem_f'])} | {fmt(qz['variants']['fp16']['knowmem_f'])} | "
-            f"{fmt(qz.get('max_recovery'))} | {fmt(pr['accuracy'].get('unlearned'))} ({fmt(pr['accuracy'].get('oracle'))}) | "
+            f"{fmt(qz.get('max_recovery'))} | {fmt(acc(pr, 'unlearned'))} ({fmt(acc(pr, 'oracle'))}) | "
             f"{fmt(ch.get('related'))} / {fmt(ch.get('unrelated'))} | **{d['verdict']}** |")
     inc = {d["method"]: d["incontext"]["models"] for d in docs if d["method"] in ("npo_gdr", "guard")}
     lines += ["", "### In-context recovery (biography pasted before each forget question; KnowMem ROUGE-L F1)", "",
@@ -124,8 +130,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     gblock, gmd = guard_block(args.cache)
+    (out / "audit_guard.json").write_text(json.dumps(gblock, indent=1, default=str))
     print(gmd, flush=True)
-    docs, amd = audits([m for m in args.methods.split(",") if m], args.cache)
+    docs, amd = audits([m for m in args.methods.split(",") if m], args.cache, out)
     print(amd)
     md = gmd + "\n" + amd
     (out / "audit.md").write_text(md)

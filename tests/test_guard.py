@@ -341,3 +341,16 @@ def test_bad_input_is_one_clear_error(split):
         InContextFilter(tok, [])
     with pytest.raises(ObliviateError, match="tau_hard"):
         obliviate.config.build_config(GuardConfig, {"tau_sem": 0.9, "tau_hard": 0.5})
+
+
+def test_run_report_and_html_show_the_detector():
+    from obliviate.report import render_run_html
+    from conftest import TINY_AUTHORS, TINY_LM_TRAIN
+
+    r = obliviate.unlearn("authors", "guard", "subjects:2", task_options=TINY_AUTHORS, train=TINY_LM_TRAIN,
+                          oracle=False)
+    det = r.report["guard"]["detector"]
+    assert 0 <= det["precision"] <= 1 and 0 <= det["recall"] <= 1
+    assert r.report["guard"]["generation"]["rows"] > 0  # counted during the evaluation's generation
+    page = render_run_html(r.report)
+    assert "GUARD prompt detector" in page and "suppression" in page

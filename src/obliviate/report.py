@@ -186,7 +186,7 @@ def _run_body(r: dict[str, Any]) -> str:
         exact = ("<table><tr><th colspan='2'>deletion cost (exact unlearning)</th></tr>"
                  + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows_e)
                  + "</table>")
-    extras = _relearn_html(r) + _challenge_html(r) + _scal_sust_html(r)
+    extras = _relearn_html(r) + _challenge_html(r) + _suppression_html(r) + _scal_sust_html(r)
     return (f"<h2>{html.escape(r['method'])} {_badge(r['guarantee'])}</h2>"
             f"<p class='note'>{html.escape(GUARANTEE_TEXT.get(r['guarantee'], ''))}</p>"
             f"<p>forget <code>{html.escape(r['forget']['spec'])}</code>: {r['forget']['n']} examples "
@@ -197,6 +197,28 @@ def _run_body(r: dict[str, Any]) -> str:
             f"<details><summary>config, recipe and versions</summary><pre>"
             f"{html.escape(json.dumps({'config': r.get('config'), 'train': r.get('train'), 'task_options': r.get('task_options'), 'models': r.get('models'), 'versions': r.get('versions')}, indent=2, default=str))}"
             f"</pre></details>")
+
+
+def _suppression_html(r: dict[str, Any]) -> str:
+    """GUARD's detector quality and the suppression layers' generation counts."""
+    out = ""
+    g = r.get("guard")
+    if g:
+        d = g.get("detector", {})
+        gen = g.get("generation", {})
+        out += ("<table><tr><th colspan='2'>GUARD prompt detector (held-out split)</th></tr>"
+                f"<tr><td>precision / recall</td><td>{_fmt(d.get('precision'))} / {_fmt(d.get('recall'))}</td></tr>"
+                f"<tr><td>prompts (forget-target / other)</td><td>{d.get('n_positive')} / {d.get('n_negative')}</td></tr>"
+                f"<tr><td>generation rows detected</td><td>{gen.get('detected')} of {gen.get('rows')}</td></tr></table>")
+    f = r.get("filter")
+    if f:
+        out += ("<table><tr><th colspan='2'>in-context filter</th></tr>"
+                f"<tr><td>action</td><td>{html.escape(str(f.get('action')))}</td></tr>"
+                f"<tr><td>rows flagged</td><td>{f.get('flagged')} of {f.get('rows')}</td></tr></table>")
+    if out:
+        out += ("<p class='note'>suppression: the weights are untouched, so teacher-forced metrics (PrivLeak, truth "
+                "ratio, forget probability) stay the original's; only generation is restricted.</p>")
+    return out
 
 
 CURVE_KEYS = ("verbmem_f", "knowmem_f", "knowmem_r", "utility")
