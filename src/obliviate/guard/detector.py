@@ -28,6 +28,7 @@ def id_features(model, rows: Sequence[Sequence[int]], pad_id: int, batch_size: i
     out = []
     was_training = model.training
     model.eval()
+    backbone = getattr(model, "base_model", model)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         width = max(len(e) for e in chunk)
@@ -37,7 +38,8 @@ def id_features(model, rows: Sequence[Sequence[int]], pad_id: int, batch_size: i
             ids[r, :len(e)] = torch.tensor(e)
             mask[r, :len(e)] = 1
         ids, mask = ids.to(device), mask.to(device)
-        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-2]
+        # the backbone alone (``base_model``): the LM head's logits over the vocabulary are not needed here
+        hidden = backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-2]
         m = mask.unsqueeze(-1).to(hidden.dtype)
         out.append(((hidden * m).sum(1) / m.sum(1).clamp_min(1)).float().cpu())
     model.train(was_training)
