@@ -139,6 +139,7 @@ def main() -> None:
     (out / "audit.json").write_text(json.dumps({"schema": "obliviate.benchmark-audit/1", "guard": gblock,
                                                 "audits": docs, "threads": torch.get_num_threads(),
                                                 "wall_s": time.perf_counter() - start}, indent=1, default=str))
+    (out / "audit_runs.json").unlink(missing_ok=True)  # the partial copy; audit.json has everything
     print(f"wrote {out}/audit.{{md,json}} in {time.perf_counter() - start:.0f} s")
 
 
