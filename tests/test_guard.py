@@ -354,3 +354,19 @@ def test_run_report_and_html_show_the_detector():
     assert r.report["guard"]["generation"]["rows"] > 0  # counted during the evaluation's generation
     page = render_run_html(r.report)
     assert "GUARD prompt detector" in page and "suppression" in page
+
+
+def test_greedy_detection_from_the_prefill_matches_the_detector_on_ids(guard, split):
+    """Greedy generation detects from the prefill's own hidden states (no second pass over the prompt); it must
+    flag exactly the rows the detector flags on the token ids."""
+    from obliviate.lm import generate
+
+    task, model, tok, forget, retain = split
+    prompts = _questions(forget) + _questions(retain[:4])
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    expected = int(guard.detect_ids([bos + tok(p, add_special_tokens=False)["input_ids"] for p in prompts]).sum())
+    stats = guard.stats["generation"]
+    before = dict(stats)
+    generate(guard.wrap(), tok, prompts, "cpu", max_new_tokens=8)
+    assert stats["detected"] - before["detected"] == expected > 0
+    assert stats["rows"] - before["rows"] == len(prompts)

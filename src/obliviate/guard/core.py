@@ -157,6 +157,17 @@ class Guard:
                         batch_size=batch_size, stop=stop, num_beams=num_beams)
 
 
+def _penultimate_block(model):
+    """The decoder block whose output is ``hidden_states[-2]`` (GPT-2 ``transformer.h``, Llama-style
+    ``model.layers``), or None when the layout is unknown or there is a single block."""
+    backbone = getattr(model, "base_model", model)
+    for name in ("h", "layers", "blocks"):
+        blocks = getattr(backbone, name, None)
+        if isinstance(blocks, torch.nn.ModuleList) and len(blocks) >= 2:
+            return blocks[len(blocks) - 2]
+    return None
+
+
 class GuardedModel(torch.nn.Module):
     """The model under GUARD, usable wherever the model is: ``forward`` (and so every teacher-forced score) is
     the base model's; ``generate(input_ids=, attention_mask=, ...)`` decodes each row's prompt, runs the
@@ -195,6 +206,9 @@ class GuardedModel(torch.nn.Module):
             input_ids = kwargs.pop("inputs", None)
         if input_ids is None:
             raise ObliviateError("GuardedModel.generate needs input_ids")
+        block = _penultimate_block(self.base)
+        if block is not None and int(kwargs.get("num_beams") or 1) == 1:
+            return self._generate_detecting_in_prefill(block, input_ids, attention_mask, logits_processor, **kwargs)
         rows = row_ids(input_ids, attention_mask)
         prompts = [guard.tokenizer.decode(r, skip_special_tokens=True) for r in rows]
         plan = guard.plan(prompts, rows)
@@ -212,6 +226,62 @@ class GuardedModel(torch.nn.Module):
                                       **kwargs)
         finally:
             gen["warnings"] += proc.warnings
+
+    def _generate_detecting_in_prefill(self, block, input_ids, attention_mask, logits_processor, **kwargs):
+        """Greedy generation whose prefill forward also feeds the detector: a hook keeps the penultimate layer's
+        states of the prompt, and a processor decides at the first step (before any token is chosen) which rows
+        to restrict — no second forward pass over the prompt (retain prompts run at nearly full speed)."""
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        guard, model = self._guard, self
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep(_module, _inputs, output):
+            if "h" not in captured:
+                captured["h"] = output[0] if isinstance(output, tuple) else output
+
+        class Lazy(LogitsProcessor):
+            inner = None
+            decided = False
+
+            def __call__(self, ids, scores):
+                if not self.decided:
+                    self.decided = True
+                    self.inner = model._decide(captured.get("h"), input_ids, mask)
+                return scores if self.inner is None else self.inner(ids, scores)
+
+        lazy = Lazy()
+        handle = block.register_forward_hook(keep)
+        try:
+            return self.base.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                      logits_processor=LogitsProcessorList([*(logits_processor or []), lazy]),
+                                      **kwargs)
+        finally:
+            handle.remove()
+            if lazy.inner is not None:
+                guard.stats["generation"]["warnings"] += lazy.inner.warnings
+
+    def _decide(self, hidden, input_ids, mask):
+        """The detector on the captured prompt states; the restriction for the detected rows, or None."""
+        guard = self._guard
+        gen = guard.stats["generation"]
+        gen["calls"] += 1
+        gen["rows"] += int(input_ids.shape[0])
+        if hidden is None or hidden.shape[1] != input_ids.shape[1]:  # no prefill seen: detect from the ids
+            rows = row_ids(input_ids, mask)
+            hits = guard.detect_ids(rows)
+        else:
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            z = ((hidden * m).sum(1) / m.sum(1).clamp_min(1)).float().cpu()
+            hits = guard.detector.prob(z).numpy() > guard.config.threshold
+        gen["detected"] += int(hits.sum())
+        if not hits.any():
+            return None
+        prompts = row_prompts(guard.tokenizer, input_ids, mask)
+        found = iter(guard.retrieve([p for p, h in zip(prompts, hits) if h]))
+        plan = [next(found) if h else None for h in hits]
+        return guard.processor(plan, prompt_len=int(input_ids.shape[1]))
 
     def save_pretrained(self, path, **kwargs):
         import json
