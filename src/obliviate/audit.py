@@ -99,26 +99,18 @@ def _qa_of(task, ids) -> list:
     return [q for i in ids for q in task.data.train[int(i)].qa]
 
 
-def _icl(task) -> list:
-    return list(task.data.icl[:int(getattr(task.options, "icl_shots", 0))])
-
-
 def knowmem(model, task, qa: Sequence, device, contexts: Sequence[str] | None = None) -> dict[str, Any]:
-    """MUSE KnowMem per question (ROUGE-L F1 of the greedy answer, ≤ 32 tokens, MUSE clean-up) with the task's
-    KnowMem prompt, optionally preceded by ``contexts[i]`` (:data:`CONTEXT_TEMPLATE`)."""
-    from obliviate.lm import generate
-    from obliviate.metrics.language import KNOWMEM_NEW_TOKENS, knowmem_prompt
-    from obliviate.metrics.muse import clean_knowmem_answer, rouge_l_f1
+    """MUSE KnowMem per question with the task's KnowMem prompt, optionally preceded by ``contexts[i]``
+    (:data:`CONTEXT_TEMPLATE`)."""
+    from obliviate.metrics.language import icl_shots, knowmem_answers, knowmem_prompt
 
     if not qa:
         return {"f1": np.zeros(0), "outputs": []}
-    icl = _icl(task)
-    prompts = [knowmem_prompt(icl, q.question) for q in qa]
+    prompts = None
     if contexts is not None:
-        prompts = [CONTEXT_TEMPLATE.format(text=c, prompt=p) for c, p in zip(contexts, prompts)]
-    outs = generate(model, task.tokenizer(), prompts, device, max_new_tokens=KNOWMEM_NEW_TOKENS)
-    outs = [clean_knowmem_answer(o) for o in outs]
-    return {"f1": np.array([rouge_l_f1(o, q.answer) for o, q in zip(outs, qa)]), "outputs": outs}
+        icl = icl_shots(task)
+        prompts = [CONTEXT_TEMPLATE.format(text=c, prompt=knowmem_prompt(icl, q.question)) for c, q in zip(contexts, qa)]
+    return knowmem_answers(model, task, list(qa), device, prompts)
 
 
 def _mean(x) -> float | None:
@@ -356,19 +348,15 @@ def _probe_target(model):
 @torch.inference_mode()
 def hidden_features(model, tokenizer, prompts: Sequence[str], device, batch_size: int = 32) -> np.ndarray:
     """Mean-pooled (over the prompt's tokens, BOS included) hidden states of every layer: [layers + 1, n, width]."""
+    from obliviate.lm import pad_right
+
     model.eval()
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     enc = [bos + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     chunks = []
     for start in range(0, len(enc), batch_size):
-        part = enc[start:start + batch_size]
-        width = max(len(e) for e in part)
-        ids = torch.full((len(part), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(part), width), dtype=torch.long)
-        for row, e in enumerate(part):
-            ids[row, :len(e)] = torch.tensor(e)
-            mask[row, :len(e)] = 1
+        ids, mask = pad_right(enc[start:start + batch_size], pad)
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
         m = mask.to(device).unsqueeze(-1).float()
         chunks.append(torch.stack([(h.float() * m).sum(1) / m.sum(1) for h in out.hidden_states]).cpu().numpy())

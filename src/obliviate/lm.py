@@ -58,17 +58,23 @@ def encode_all(tokenizer, pairs: Sequence[Pair], limit: int, eos: bool = True) -
     return [encode(tokenizer, p, c, limit, eos) for p, c in pairs]
 
 
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` (CPU) of token-id rows."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
 def collate(items: Sequence[Encoded], pad_id: int, device) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (−100 on prompt and padding)."""
-    width = max(len(e.ids) for e in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    ids, mask = pad_right([e.ids for e in items], pad_id)
+    labels = torch.full_like(ids, IGNORE)
     for i, e in enumerate(items):
-        n = len(e.ids)
-        ids[i, :n] = torch.tensor(e.ids)
-        mask[i, :n] = 1
-        labels[i, e.n_prompt:n] = ids[i, e.n_prompt:n]
+        labels[i, e.n_prompt:len(e.ids)] = ids[i, e.n_prompt:len(e.ids)]
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 

@@ -168,22 +168,13 @@ def _penultimate_block(model):
     return None
 
 
-class GuardedModel(torch.nn.Module):
-    """The model under GUARD, usable wherever the model is: ``forward`` (and so every teacher-forced score) is
-    the base model's; ``generate(input_ids=, attention_mask=, ...)`` decodes each row's prompt, runs the
-    detector, and applies the decoding restriction to the detected rows only. Other attributes (``config``,
-    ``generation_config``, ``obliviate_max_length``, ...) are the base model's. ``save_pretrained`` writes the
-    base model (weights are untouched: suppression cannot be saved into them) plus ``guard.json``."""
+class GenerationWrapper(torch.nn.Module):
+    """A model seen through a generation-time layer: ``forward`` and every attribute (``config``,
+    ``generation_config``, ...) are the wrapped ``base`` model's; subclasses override ``generate``."""
 
-    def __init__(self, guard: Guard):
+    def __init__(self, base):
         super().__init__()
-        self.base = guard.model
-        self.detector = guard.detector
-        self._guard = guard
-
-    @property
-    def guard(self) -> Guard:
-        return self._guard
+        self.base = base
 
     def forward(self, *args, **kwargs):
         return self.base(*args, **kwargs)
@@ -192,9 +183,26 @@ class GuardedModel(torch.nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name.startswith("_") or name in {"base", "detector"}:
+            if name.startswith("_") or name in self._modules:
                 raise
             return getattr(self._modules["base"], name)
+
+
+class GuardedModel(GenerationWrapper):
+    """The model under GUARD, usable wherever the model is: ``forward`` (and so every teacher-forced score) is
+    the base model's; ``generate(input_ids=, attention_mask=, ...)`` decodes each row's prompt, runs the
+    detector, and applies the decoding restriction to the detected rows only. Other attributes (``config``,
+    ``generation_config``, ``obliviate_max_length``, ...) are the base model's. ``save_pretrained`` writes the
+    base model (weights are untouched: suppression cannot be saved into them) plus ``guard.json``."""
+
+    def __init__(self, guard: Guard):
+        super().__init__(guard.model)
+        self.detector = guard.detector
+        self._guard = guard
+
+    @property
+    def guard(self) -> Guard:
+        return self._guard
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from obliviate.lm import pad_right
+
 
 def encode_prompts(tokenizer, prompts: Sequence[str], limit: int) -> list[list[int]]:
     """Token ids of ``prompts`` as :func:`obliviate.lm.generate` feeds them: BOS + prompt, last ``limit``."""
@@ -30,13 +32,7 @@ def id_features(model, rows: Sequence[Sequence[int]], pad_id: int, batch_size: i
     model.eval()
     backbone = getattr(model, "base_model", model)
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        width = max(len(e) for e in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, e in enumerate(chunk):
-            ids[r, :len(e)] = torch.tensor(e)
-            mask[r, :len(e)] = 1
+        ids, mask = pad_right(rows[start:start + batch_size], pad_id)
         ids, mask = ids.to(device), mask.to(device)
         # the backbone alone (``base_model``): the LM head's logits over the vocabulary are not needed here
         hidden = backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-2]

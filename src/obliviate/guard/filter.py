@@ -22,7 +22,7 @@ import torch
 from obliviate.config import as_dict
 from obliviate.errors import ObliviateError
 from obliviate.guard.config import FilterConfig
-from obliviate.guard.core import row_ids
+from obliviate.guard.core import GenerationWrapper, row_ids
 from obliviate.guard.embedder import load_embedder
 from obliviate.guard.phrases import PhraseBank, as_record, ngrams, sentences, words
 
@@ -180,31 +180,19 @@ class _RefuseProcessor:
         return out
 
 
-class FilteredModel(torch.nn.Module):
+class FilteredModel(GenerationWrapper):
     """``model`` behind the in-context filter; same contract as :class:`~obliviate.guard.core.GuardedModel`:
     ``forward`` is the model's, ``generate`` filters each row's prompt. The returned sequences keep each row's
     original input ids in front of the generated tokens (also when the prompt was redacted), so callers that cut
     the output at the input width get the continuation."""
 
     def __init__(self, flt: InContextFilter, model):
-        super().__init__()
-        self.base = model
+        super().__init__(model)
         self._filter = flt
 
     @property
     def filter(self) -> InContextFilter:
         return self._filter
-
-    def forward(self, *args, **kwargs):
-        return self.base(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name.startswith("_") or name == "base":
-                raise
-            return getattr(self._modules["base"], name)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,

@@ -66,9 +66,24 @@ def _tok(ev: Evaluation):
     return ev.task.tokenizer()
 
 
-def _icl(ev: Evaluation) -> list:
-    shots = int(getattr(ev.task.options, "icl_shots", 0))
-    return list(ev.task.data.icl[:shots])
+def icl_shots(task) -> list:
+    """The task's few-shot KnowMem examples (``icl_shots`` of its ICL pool)."""
+    return list(task.data.icl[:int(getattr(task.options, "icl_shots", 0))])
+
+
+def knowmem_answers(model, task, qa: list, device, prompts: list[str] | None = None) -> dict[str, Any]:
+    """Greedy answers (≤ 32 tokens, MUSE clean-up) to ``qa`` and their ROUGE-L F1 / recall; the prompts are the
+    task's few-shot KnowMem prompts unless given (the in-context audit prefixes them with a document)."""
+    from obliviate.lm import generate
+
+    if prompts is None:
+        icl = icl_shots(task)
+        prompts = [knowmem_prompt(icl, q.question) for q in qa]
+    outs = generate(model, task.tokenizer(), prompts, device, max_new_tokens=KNOWMEM_NEW_TOKENS)
+    outs = [muse.clean_knowmem_answer(o) for o in outs]
+    return {"f1": np.array([muse.rouge_l_f1(o, q.answer) for o, q in zip(outs, qa)]),
+            "recall": np.array([muse.rouge_l_recall(o, q.answer) for o, q in zip(outs, qa)]),
+            "outputs": outs}
 
 
 def _verbmem(ev: Evaluation) -> dict[str, Any]:
@@ -86,18 +101,8 @@ def _verbmem(ev: Evaluation) -> dict[str, Any]:
 
 def _knowmem(ids_attr: str):
     def build(ev: Evaluation) -> dict[str, Any] | None:
-        from obliviate.lm import generate
-
         qs = _qa_of(ev, getattr(ev, ids_attr))
-        if not qs.qa:
-            return None
-        icl = _icl(ev)
-        outs = generate(ev.model, _tok(ev), [knowmem_prompt(icl, q.question) for q in qs.qa], ev.device,
-                        max_new_tokens=KNOWMEM_NEW_TOKENS)
-        outs = [muse.clean_knowmem_answer(o) for o in outs]
-        return {"f1": np.array([muse.rouge_l_f1(o, q.answer) for o, q in zip(outs, qs.qa)]),
-                "recall": np.array([muse.rouge_l_recall(o, q.answer) for o, q in zip(outs, qs.qa)]),
-                "outputs": outs}
+        return knowmem_answers(ev.model, ev.task, qs.qa, ev.device) if qs.qa else None
     return build
 
 
