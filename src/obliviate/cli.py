@@ -14,12 +14,15 @@ from obliviate import api
 from obliviate.config import split_overrides
 from obliviate.errors import ObliviateError
 from obliviate.exact.cli_s3t import s3t_app
+from obliviate.ledger.cli import ledger_app, serve
 from obliviate.metrics.gap import HEADLINE, avg_gap, gaps
 from obliviate.report import GUARANTEE_TEXT, check_output_path, write_html, write_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make trained models forget, and measure it against the retrain oracle.")
 app.add_typer(s3t_app, name="s3t", help="S3T tools: the deletion-capability simulator")
+app.add_typer(ledger_app, name="ledger", help="The deletion ledger: verify its hash chain, export the audit trail")
+app.command("serve")(serve)
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 

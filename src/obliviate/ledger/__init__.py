@@ -1,0 +1,77 @@
+"""The deletion service: a durable, hash-chained ledger of deletion requests and model versions
+(:mod:`~obliviate.ledger.store`), the worker that applies and verifies them (:mod:`~obliviate.ledger.worker`),
+and the REST API (:mod:`~obliviate.ledger.service`). :func:`open_service` wires the three together.
+
+>>> from obliviate.ledger import open_service                  # doctest: +SKIP
+>>> svc = open_service("/tmp/obliviate-data")                  # digits MLP under SISA, SQLite ledger
+>>> svc.ledger.submit(...)                                      # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from obliviate.errors import ObliviateError
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("OBLIVIATE_DATA")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "obliviate"
+
+
+@dataclass
+class Service:
+    ledger: Any
+    manager: Any
+    worker: Any
+    recovered: dict[str, Any]
+
+
+def open_service(data_dir: str | Path | None = None, db: str | None = None, model_dir: str | Path | None = None,
+                 values: dict[str, Any] | None = None, device: str = "cpu", recover: bool = True) -> Service:
+    """Open (or create) the ledger and the deployment, train its first version when there is none, and resume
+    whatever a previous process left unfinished. ``values``: DeploymentConfig fields the user gave; for an existing
+    deployment they must agree with the recorded ones."""
+    from obliviate.ledger.deployment import DeploymentConfig, ModelManager, config_dict, deployment_config
+    from obliviate.ledger.store import Ledger, sqlite_url
+    from obliviate.ledger.worker import Worker
+
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    values = dict(values or {})
+    ledger = Ledger(db or sqlite_url(data_dir / "ledger.sqlite"))
+    name = values.get("name", DeploymentConfig.name)
+    stored = ledger.deployment(name)
+    if stored is not None:
+        recorded = stored["config"]
+        given = config_dict(deployment_config(values))
+        clash = sorted(k for k in values if given.get(k) != recorded.get(k))
+        if clash:
+            ledger.close()
+            raise ObliviateError(f"deployment {name!r} in the ledger was created with "
+                                 + ", ".join(f"{k}={json.dumps(recorded.get(k))}" for k in clash)
+                                 + "; drop those options or use another --name / --db")
+        cfg = deployment_config(recorded)
+        mdir = Path(model_dir) if model_dir is not None else Path(stored["model_dir"])
+        if mdir.resolve() != Path(stored["model_dir"]).resolve():
+            ledger.close()
+            raise ObliviateError(f"deployment {name!r} keeps its models in {stored['model_dir']}, not {mdir}")
+    else:
+        cfg = deployment_config(values)
+        mdir = Path(model_dir) if model_dir is not None else data_dir / "models" / cfg.name
+    try:
+        manager = ModelManager(cfg, mdir, device=device)
+    except ObliviateError:
+        ledger.close()
+        raise
+    if stored is None:
+        ledger.create_deployment(cfg.name, cfg.task, cfg.method, manager.method.guarantee, config_dict(cfg),
+                                 str(mdir.resolve()))
+    worker = Worker(ledger, manager)
+    worker.ensure_initial()
+    recovered = worker.recover() if recover else {}
+    return Service(ledger, manager, worker, recovered)

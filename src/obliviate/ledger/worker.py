@@ -1,0 +1,219 @@
+"""The worker: takes queued requests in arrival order, batches them, deletes, verifies, and switches the served
+version only after verification passes. Every step is recorded in the ledger before the next one starts, so a
+restart after ``kill -9`` knows exactly where each request stood:
+
+- ``running`` (the batch was taken, no version recorded): the half-done work was never served; the requests go
+  back to the queue and the next batch applies them to the serving version — once.
+- ``applied`` (a candidate version is recorded): the candidate is verified and promoted, or rejected and its
+  requests re-queued when it no longer descends from the serving version.
+- a candidate with no requests (a scheduled retrain) is verified and promoted the same way.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from obliviate.errors import IntegrityError, ObliviateError
+from obliviate.ledger.deployment import ModelManager, VersionState, atomic_write_bytes, report_html
+from obliviate.ledger.store import Claimed, Ledger, LedgerError, sha256_text
+
+log = logging.getLogger("obliviate.worker")
+
+
+class Worker:
+    def __init__(self, ledger: Ledger, manager: ModelManager, poll_s: float = 0.5):
+        self.ledger, self.manager = ledger, manager
+        self.name = manager.config.name
+        self.poll_s = poll_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.processed_batches = 0
+        self.last_error: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def ensure_initial(self) -> dict[str, Any]:
+        """The deployment's first version (trained now) when the ledger has none."""
+        serving = self.ledger.serving(self.name)
+        if serving is not None:
+            return serving
+        cand = self.manager.initial()
+        return self.ledger.add_version(self.name, cand.vid, cand.path, cand.sha256, None, cand.method,
+                                       cand.guarantee, 0, None, serving=True)
+
+    def recover(self) -> dict[str, Any]:
+        """Resume after a crash (see the module docstring); remove version files the ledger never recorded."""
+        state = self.ledger.recover(self.name)
+        resumed = []
+        for v in self.ledger.candidates(self.name):
+            self._finish_candidate(v, self.ledger.applied_batches(self.name).get(v["id"], []), v["batch_id"])
+            resumed.append(v["id"])
+        self._cleanup_orphans()
+        self._purge_retired()
+        return {**state, "candidates_resumed": resumed}
+
+    def _cleanup_orphans(self) -> None:
+        known = {str(Path(p)) for p in self.ledger.version_paths(self.name)}
+        vdir = self.manager.versions_dir
+        if not vdir.is_dir():
+            return
+        for f in vdir.iterdir():
+            if f.name.startswith(".") and f.name.endswith(".tmp"):
+                f.unlink(missing_ok=True)  # an interrupted atomic write
+            elif f.suffix == ".safetensors" and str(f) not in known:
+                f.unlink(missing_ok=True)  # written, but the crash came before the ledger recorded it
+
+    def _purge_retired(self) -> None:
+        """Retired versions still contain the deleted data: remove their files (keeping ``keep_retired``)."""
+        keep = self.manager.config.keep_retired
+        retired = [v for v in self.ledger.versions(self.name, limit=1_000_000)
+                   if v["status"] in ("retired", "rejected")]
+        for i, v in enumerate(retired):  # newest first
+            if v["status"] == "retired" and i < keep:
+                continue
+            if Path(v["path"]).exists():
+                Path(v["path"]).unlink()
+
+    def start(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self.loop, name="obliviate-worker", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.step()
+            except Exception as exc:  # never let the thread die: record, back off, retry
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("worker step failed: %s\n%s", exc, traceback.format_exc())
+                busy = False
+            if not busy:
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+
+    def run_until_idle(self, max_steps: int = 1000) -> int:
+        """Process until nothing is queued and no retrain is due (tests and `obliviate serve --drain`)."""
+        steps = 0
+        while steps < max_steps and self.step():
+            steps += 1
+        return steps
+
+    # -- one step -------------------------------------------------------------------------------------------
+    def step(self) -> bool:
+        claimed = self.ledger.claim(self.name, self.manager.config.batch_max)
+        if claimed is None:
+            return self._maybe_retrain()
+        self._process(claimed)
+        self.processed_batches += 1
+        return True
+
+    def _process(self, claimed: Claimed) -> None:
+        rids = [r["id"] for r in claimed.requests]
+        try:
+            serving = self.ledger.serving(self.name)
+            state = self.manager.load(serving)
+            ids = np.unique(np.concatenate([np.asarray(i, dtype=np.int64) for i in claimed.ids]))
+            new = np.setdiff1d(ids, state.deleted)
+            if new.size == 0:
+                self._noop(claimed, serving)
+                return
+            cand = self.manager.apply(state, new)
+            version = self.ledger.add_version(self.name, cand.vid, cand.path, cand.sha256, serving["id"],
+                                              cand.method, cand.guarantee, cand.n_deleted, claimed.batch_id,
+                                              request_ids=rids)
+        except (ObliviateError, LedgerError) as exc:
+            self.ledger.fail(rids, str(exc))
+            return
+        self._finish_candidate(version, rids, claimed.batch_id, before=state)
+
+    def _noop(self, claimed: Claimed, serving: dict[str, Any]) -> None:
+        """Every id was already deleted by earlier requests: nothing to train; the report says so."""
+        rids = [r["id"] for r in claimed.requests]
+        report = {"schema": "obliviate.run/1", "task": self.manager.task.name, "task_kind": self.manager.task.kind,
+                  "method": serving["method"], "guarantee": serving["guarantee"],
+                  "forget": {"spec": f"deletion batch {claimed.batch_id}", "n": 0, "sha256": sha256_text("")},
+                  "metrics": {}, "gap": {}, "avg_gap": None,
+                  "service": {"deployment": self.name, "batch_id": claimed.batch_id, "requests": rids,
+                              "version_before": serving["id"], "version_after": serving["id"], "checks": [],
+                              "passed": True, "note": "every id was already deleted from the serving version"}}
+        path, sha = self._write_report(f"noop-{claimed.batch_id}", report, html=False)
+        self.ledger.close_noop(rids, serving, path, sha)
+
+    def _finish_candidate(self, version: dict[str, Any], rids: list[str], batch_id: str | None,
+                          before: VersionState | None = None) -> None:
+        """Verify ``version`` against its parent; promote it, or reject it (fallback retrain / fail / requeue)."""
+        serving = self.ledger.serving(self.name)
+        if serving is None or version["parent"] != serving["id"]:
+            self.ledger.reject(version["id"], "stale: it does not descend from the serving version")
+            if rids:
+                self.ledger.requeue(rids, "its candidate version was stale")
+            return
+        try:
+            before = before or self.manager.load(serving)
+            after = self.manager.load(version)
+        except IntegrityError as exc:
+            self.ledger.reject(version["id"], str(exc))
+            if rids:
+                self.ledger.requeue(rids, f"candidate unreadable: {exc}")
+            return
+        report, passed = self.manager.verify(before, after, version, rids, batch_id)
+        path, sha = self._write_report(version["id"], report)
+        if passed:
+            self.ledger.promote(self.name, version["id"], rids, path, sha,
+                                approximate=version["guarantee"] != "exact")
+            self._purge_retired()
+            return
+        failed = "; ".join(f"{c['check']} = {c['value']:.4g} > {c['threshold']:.4g}"
+                           for c in report["service"]["checks"] if not c["passed"])
+        self.ledger.reject(version["id"], f"verification failed: {failed}")
+        if rids and self.manager.config.fallback_retrain and version["guarantee"] != "exact":
+            cand = self.manager.retrain(before, np.setdiff1d(after.deleted, before.deleted))
+            fallback = self.ledger.add_version(self.name, cand.vid, cand.path, cand.sha256, serving["id"],
+                                               cand.method, cand.guarantee, cand.n_deleted, batch_id,
+                                               request_ids=rids)
+            self._finish_candidate(fallback, rids, batch_id, before=before)
+            return
+        if rids:
+            self.ledger.fail(rids, f"verification failed: {failed}", path, sha)
+
+    def _maybe_retrain(self) -> bool:
+        """The scheduled full retrain once ``retrain_every`` approximate deletions have been served."""
+        every = self.manager.config.retrain_every
+        if self.manager.exact or every == 0:
+            return False
+        d = self.ledger.deployment(self.name)
+        if d is None or d["approx_since_exact"] < every:
+            return False
+        serving = self.ledger.serving(self.name)
+        state = self.manager.load(serving)
+        cand = self.manager.retrain(state)
+        version = self.ledger.add_version(self.name, cand.vid, cand.path, cand.sha256, serving["id"], cand.method,
+                                          cand.guarantee, cand.n_deleted, None)
+        self._finish_candidate(version, [], None, before=state)
+        return True
+
+    def _write_report(self, stem: str, report: dict[str, Any], html: bool = True) -> tuple[str, str]:
+        from obliviate.report import _clean
+
+        text = json.dumps(_clean(report), indent=2, default=str) + "\n"
+        path = self.manager.reports_dir / f"{stem}.json"
+        atomic_write_bytes(path, text.encode())
+        if html:
+            atomic_write_bytes(self.manager.reports_dir / f"{stem}.html", report_html(report).encode())
+        return str(path), sha256_text(text)
+
