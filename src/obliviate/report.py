@@ -186,7 +186,7 @@ def _run_body(r: dict[str, Any]) -> str:
         exact = ("<table><tr><th colspan='2'>deletion cost (exact unlearning)</th></tr>"
                  + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows_e)
                  + "</table>")
-    extras = _relearn_html(r) + _challenge_html(r) + _suppression_html(r) + _scal_sust_html(r)
+    extras = _service_html(r) + _relearn_html(r) + _challenge_html(r) + _suppression_html(r) + _scal_sust_html(r)
     return (f"<h2>{html.escape(r['method'])} {_badge(r['guarantee'])}</h2>"
             f"<p class='note'>{html.escape(GUARANTEE_TEXT.get(r['guarantee'], ''))}</p>"
             f"<p>forget <code>{html.escape(r['forget']['spec'])}</code>: {r['forget']['n']} examples "
@@ -307,6 +307,23 @@ def _challenge_html(r: dict[str, Any]) -> str:
             ("buckets (ε bound ceil(ln(N−1)))", f"{e.get('buckets')} ({_fmt(e.get('max_epsilon'))})")]
     return ("<table><tr><th colspan='2'>NeurIPS 2023 unlearning challenge metric</th></tr>"
             + "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in rows) + "</table>")
+
+
+def _service_html(r: dict[str, Any]) -> str:
+    """The deletion service's verification of one new model version: its checks and what it served."""
+    s = r.get("service")
+    if not s:
+        return ""
+    verdict = "PASSED — now serving" if s.get("passed") else "FAILED — not served"
+    rows = "".join(f"<tr><td>{html.escape(c['check'])}</td><td>{_fmt(c['value'])}</td><td>{_fmt(c['threshold'])}</td>"
+                   f"<td>{'pass' if c['passed'] else '<b>FAIL</b>'}</td></tr>" for c in s.get("checks", []))
+    reqs = ", ".join(html.escape(x) for x in s.get("requests", [])) or "none (scheduled retrain)"
+    return (f"<h2>deletion service verification: {verdict}</h2>"
+            f"<p>deployment <code>{html.escape(str(s.get('deployment')))}</code>, batch "
+            f"<code>{html.escape(str(s.get('batch_id')))}</code>; version <code>{html.escape(str(s.get('version_before')))}"
+            f"</code> → <code>{html.escape(str(s.get('version_after')))}</code>; {_fmt(s.get('n_deleted_total'))} "
+            f"training examples deleted in all</p><p class='note'>requests: {reqs}</p>"
+            f"<table><tr><th>check</th><th>value</th><th>threshold</th><th>result</th></tr>{rows}</table>")
 
 
 def render_run_html(report: dict[str, Any]) -> str:
