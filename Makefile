@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.obliviate-installed
 
-.PHONY: install demo test test-fast bench bench-all clean
+.PHONY: install demo test test-fast bench bench-all bench-service clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ bench-all: install  # every benchmark (about an hour on 2 cores)
 	$(PY) benchmarks/exact.py
 	$(PY) benchmarks/approximate.py
 	$(PY) benchmarks/language.py
+	$(PY) benchmarks/service.py
+
+bench-service: install  # deletion service load test, SQLite and PostgreSQL (starts a local server)
+	$(PY) benchmarks/service.py
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

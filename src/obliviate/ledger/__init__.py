@@ -43,6 +43,7 @@ def open_service(data_dir: str | Path | None = None, db: str | None = None, mode
 
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     values = dict(values or {})
+    ModelManager(deployment_config(values), data_dir, device=device)  # bad settings fail before anything is written
     ledger = Ledger(db or sqlite_url(data_dir / "ledger.sqlite"))
     name = values.get("name", DeploymentConfig.name)
     stored = ledger.deployment(name)

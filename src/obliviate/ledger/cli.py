@@ -46,6 +46,26 @@ def _check_port(host: str, port: int) -> None:
             raise ObliviateError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+def _route_sets(pairs: dict[str, str], task: str | None) -> dict:
+    """``--set`` pairs → DeploymentConfig fields, the task's options, and (the rest) the method's config."""
+    import dataclasses
+
+    from obliviate.ledger.deployment import DeploymentConfig
+    from obliviate.tasks import task_class
+
+    fields = set(DeploymentConfig.__dataclass_fields__) - {"method_config", "task_options"}
+    task_keys = {f.name for f in dataclasses.fields(task_class(task or DeploymentConfig.task).options_class)}
+    values: dict = {}
+    for k, v in pairs.items():
+        if k in fields:
+            values[k] = v
+        elif k in task_keys:
+            values.setdefault("task_options", {})[k] = v
+        else:
+            values.setdefault("method_config", {})[k] = v
+    return values
+
+
 def serve(db: Optional[str] = DbOpt,
           model_dir: Optional[str] = typer.Option(None, "--model-dir", help="where model versions and reports live "
                                                   "(default: DATA_DIR/models/NAME)"),
@@ -70,7 +90,6 @@ def serve(db: Optional[str] = DbOpt,
 
     from obliviate.config import split_overrides
     from obliviate.ledger import open_service
-    from obliviate.ledger.deployment import DeploymentConfig
     from obliviate.ledger.service import create_app
 
     token = os.environ.get("OBLIVIATE_API_TOKEN") or None
@@ -83,16 +102,10 @@ def serve(db: Optional[str] = DbOpt,
     if max_body < 1024:
         raise ObliviateError(f"--max-body must be at least 1024 bytes, got {max_body}")
     _check_port(host, port)
-    values: dict = {}
-    fields = set(DeploymentConfig.__dataclass_fields__)
-    method_config: dict = {}
-    for k, v in split_overrides(set_ or []).items():
-        (values if k in fields - {"method_config", "task_options"} else method_config)[k] = v
+    values = _route_sets(split_overrides(set_ or []), task)
     for k, v in (("name", name), ("task", task), ("method", method)):
         if v is not None:
             values[k] = v
-    if method_config:
-        values["method_config"] = method_config
     if not quiet:
         err.print("[bold]obliviate serve[/bold]: opening the ledger (the first start trains the model)")
     svc = open_service(data_dir, db, model_dir, values)
