@@ -54,19 +54,25 @@ class Worker:
         for v in self.ledger.candidates(self.name):
             self._finish_candidate(v, self.ledger.applied_batches(self.name).get(v["id"], []), v["batch_id"])
             resumed.append(v["id"])
+        # a crash between rejecting a candidate and re-queuing (or failing, or re-applying) its requests leaves
+        # them ``applied`` to a version that is no longer a candidate, which nothing would ever finish
+        stranded = [rid for rids in self.ledger.applied_batches(self.name).values() for rid in rids]
+        if stranded:
+            self.ledger.requeue(stranded, "its candidate version was rejected before its requests were re-queued")
+            state = {**state, "requeued": state["requeued"] + stranded}
         self._cleanup_orphans()
         self._purge_retired()
         return {**state, "candidates_resumed": resumed}
 
     def _cleanup_orphans(self) -> None:
-        known = {str(Path(p)) for p in self.ledger.version_paths(self.name)}
+        known = {str(Path(p).resolve()) for p in self.ledger.version_paths(self.name)}
         vdir = self.manager.versions_dir
         if not vdir.is_dir():
             return
         for f in vdir.iterdir():
             if f.name.startswith(".") and f.name.endswith(".tmp"):
                 f.unlink(missing_ok=True)  # an interrupted atomic write
-            elif f.suffix == ".safetensors" and str(f) not in known:
+            elif f.suffix == ".safetensors" and str(f.resolve()) not in known:
                 f.unlink(missing_ok=True)  # written, but the crash came before the ledger recorded it
 
     def _purge_retired(self) -> None:
@@ -181,7 +187,7 @@ class Worker:
         failed = "; ".join(f"{c['check']} = {c['value']:.4g} > {c['threshold']:.4g}"
                            for c in report["service"]["checks"] if not c["passed"])
         self.ledger.reject(version["id"], f"verification failed: {failed}")
-        if rids and self.manager.config.fallback_retrain and version["guarantee"] != "exact":
+        if rids and self.manager.config.fallback_retrain and not self.manager.method.trains_original:
             cand = self.manager.retrain(before, np.setdiff1d(after.deleted, before.deleted))
             fallback = self.ledger.add_version(self.name, cand.vid, cand.path, cand.sha256, serving["id"],
                                                cand.method, cand.guarantee, cand.n_deleted, batch_id,
