@@ -300,3 +300,24 @@ def test_ledger_verify_and_export_commands(sisa, tmp_path):
     missing = _cli("ledger", "verify", "--data-dir", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no ledger" in missing.stderr and "Traceback" not in missing.stderr
     assert not (tmp_path / "nothing").exists()
+
+
+@pytest.mark.parametrize("values, guarantee, check", [
+    ({"name": "cr", "method": "certified"}, "certified", "retain accuracy drop vs the previous version"),
+    ({"name": "fr", "task": "friedman", "method": "finetune", "method_config": {"epochs": 2}},
+     "approximate", "relative test MAE growth vs the oracle"),
+])
+def test_certified_and_regression_deployments(tmp_path, values, guarantee, check):
+    svc = open_service(tmp_path, values=values)
+    try:
+        rid = submit(svc, [1, 2, 3], key="k")
+        svc.worker.run_until_idle()
+        r = svc.ledger.request(rid)
+        assert r["status"] == "verified" and r["guarantee"] == guarantee and r["method"] == values["method"]
+        report = json.loads(Path(r["report_path"]).read_text())
+        assert [c["check"] for c in report["service"]["checks"]][0] == check
+        if guarantee == "certified":
+            assert report["exact"]["certified"] and report["exact"]["budget_satisfied"]
+        assert svc.manager.load(svc.ledger.serving(values["name"])).deleted.tolist() == [1, 2, 3]
+    finally:
+        svc.ledger.close()
