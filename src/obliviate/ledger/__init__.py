@@ -33,10 +33,12 @@ class Service:
 
 
 def open_service(data_dir: str | Path | None = None, db: str | None = None, model_dir: str | Path | None = None,
-                 values: dict[str, Any] | None = None, device: str = "cpu", recover: bool = True) -> Service:
+                 values: dict[str, Any] | None = None, device: str = "cpu", recover: bool = True,
+                 lock: bool = False) -> Service:
     """Open (or create) the ledger and the deployment, train its first version when there is none, and resume
     whatever a previous process left unfinished. ``values``: DeploymentConfig fields the user gave; for an existing
-    deployment they must agree with the recorded ones."""
+    deployment they must agree with the recorded ones. ``lock=True`` (``obliviate serve``) refuses to run beside
+    another process serving the same deployment from the same ledger."""
     from obliviate.ledger.deployment import DeploymentConfig, ModelManager, config_dict, deployment_config
     from obliviate.ledger.store import Ledger, sqlite_url
     from obliviate.ledger.worker import Worker
@@ -46,6 +48,12 @@ def open_service(data_dir: str | Path | None = None, db: str | None = None, mode
     ModelManager(deployment_config(values), data_dir, device=device)  # bad settings fail before anything is written
     ledger = Ledger(db or sqlite_url(data_dir / "ledger.sqlite"))
     name = values.get("name", DeploymentConfig.name)
+    if lock:
+        try:
+            ledger.lock_worker(name)
+        except ObliviateError:
+            ledger.close()
+            raise
     stored = ledger.deployment(name)
     if stored is not None:
         recorded = stored["config"]

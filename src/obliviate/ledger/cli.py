@@ -108,7 +108,7 @@ def serve(db: Optional[str] = DbOpt,
             values[k] = v
     if not quiet:
         err.print("[bold]obliviate serve[/bold]: opening the ledger (the first start trains the model)")
-    svc = open_service(data_dir, db, model_dir, values)
+    svc = open_service(data_dir, db, model_dir, values, lock=True)
     app = create_app(svc.ledger, svc.manager, svc.worker, token=token, max_body=max_body)
     cfg = svc.manager.config
     served = svc.ledger.serving(cfg.name)

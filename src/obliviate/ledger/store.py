@@ -88,7 +88,7 @@ class Ledger:
             self.reader = self._sqlite_engine(url, immediate=False)
         elif parsed.get_backend_name() == "postgresql":
             self.engine = sa.create_engine(url, pool_size=8, max_overflow=24, pool_pre_ping=True)
-            self.reader = self.engine
+            self.reader = self.engine.execution_options(isolation_level="REPEATABLE READ")  # one snapshot per read
         else:
             raise LedgerError(f"--db {_safe_url(url)}: unsupported database {parsed.get_backend_name()!r} "
                               "(use sqlite or postgresql+psycopg)")
@@ -122,7 +122,37 @@ class Ledger:
 
         return engine
 
+    def lock_worker(self, deployment: str) -> None:
+        """Hold, for this process's lifetime (or until :meth:`close`), the right to run ``deployment``'s worker:
+        a second ``obliviate serve`` on the same ledger and deployment would re-queue this one's running batch.
+        SQLite: ``flock`` on a file beside the database; PostgreSQL: a session advisory lock. Both are released by
+        the kernel / server when the process dies, ``kill -9`` included."""
+        if self.is_sqlite:
+            import fcntl
+
+            path = Path(sa.engine.make_url(self.url).database).with_suffix(f".{deployment}.lock")
+            fh = open(path, "a+")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                raise LedgerError(f"another obliviate serve is running deployment {deployment!r} on this ledger "
+                                  f"(lock {path})") from None
+            self._lock = fh
+        else:
+            conn = self.engine.connect()
+            key = int.from_bytes(hashlib.sha256(f"obliviate:{deployment}".encode()).digest()[:8], "big", signed=True)
+            if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+                conn.close()
+                raise LedgerError(f"another obliviate serve is running deployment {deployment!r} on this ledger")
+            conn.commit()
+            self._lock = conn
+
     def close(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()
+            self._lock = None
         self.engine.dispose()
         if self.reader is not self.engine:
             self.reader.dispose()
@@ -175,12 +205,16 @@ class Ledger:
     def verify(self) -> dict[str, Any]:
         """Recompute the chain, then check every request and version row against the log's record of it."""
         with self.read() as s:
-            events = s.execute(sa.select(Event).order_by(Event.seq)).scalars().all()
-            head = s.execute(sa.select(ChainHead).where(ChainHead.id == 1)).scalar_one_or_none()
-            problems = check_chain(events, (head.seq, head.hash) if head else None)
-            requests = s.execute(sa.select(DeletionRequest)).scalars().all()
-            versions = s.execute(sa.select(ModelVersion)).scalars().all()
-            deployments = s.execute(sa.select(Deployment)).scalars().all()
+            return self._verify(s)
+
+    @staticmethod
+    def _verify(s: Session) -> dict[str, Any]:
+        events = s.execute(sa.select(Event).order_by(Event.seq)).scalars().all()
+        head = s.execute(sa.select(ChainHead).where(ChainHead.id == 1)).scalar_one_or_none()
+        problems = check_chain(events, (head.seq, head.hash) if head else None)
+        requests = s.execute(sa.select(DeletionRequest)).scalars().all()
+        versions = s.execute(sa.select(ModelVersion)).scalars().all()
+        deployments = s.execute(sa.select(Deployment)).scalars().all()
         problems += _rows_vs_log(events, requests, versions, deployments)
         return {"ok": not problems, "events": len(events), "head_seq": head.seq if head else 0,
                 "head_hash": head.hash if head else GENESIS, "requests": len(requests), "versions": len(versions),
@@ -454,8 +488,8 @@ class Ledger:
     def export(self) -> dict[str, Any]:
         """The audit trail: every request (evidence only — no example ids), every version, every event, and the
         chain check, as one JSON document."""
-        check = self.verify()
-        with self.read() as s:
+        with self.read() as s:  # one snapshot: the chain check describes exactly the rows exported
+            check = self._verify(s)
             requests = [_request_dict(r) for r in
                         s.execute(sa.select(DeletionRequest).order_by(DeletionRequest.seq)).scalars()]
             versions = [_version_dict(v) for v in s.execute(sa.select(ModelVersion).order_by(ModelVersion.seq)).scalars()]
@@ -510,6 +544,8 @@ def _rows_vs_log(events, requests, versions, deployments) -> list[str]:
             problems.append(f"version {v.id}: no version.created event in the log")
         elif (rec.get("sha256"), rec.get("method"), rec.get("guarantee")) != (v.sha256, v.method, v.guarantee):
             problems.append(f"version {v.id}: sha256/method/guarantee differ from the logged version")
+    for vid in sorted(set(created) - {v.id for v in versions}):
+        problems.append(f"version {vid}: in the log but its row is missing (deleted behind the ledger)")
     for d in deployments:
         if d.serving_version is not None and serving.get(d.name) != d.serving_version:
             problems.append(f"deployment {d.name}: serves {d.serving_version} but the log last switched to "

@@ -81,12 +81,14 @@ def upgrade() -> None:
         sa.Column("hash", sa.String(64), nullable=False),
     )
     op.create_index("ix_events_request_id", "events", ["request_id"])
-    op.create_table(
+    head = op.create_table(
         "chain_head",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
         sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("hash", sa.String(64), nullable=False),
     )
+    # the genesis head exists before the first append, so two first writers cannot both insert it
+    op.bulk_insert(head, [{"id": 1, "seq": 0, "hash": "0" * 64}])
 
 
 def downgrade() -> None:
