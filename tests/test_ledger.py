@@ -578,3 +578,21 @@ def test_close_noop(ledger):
     assert ledger.serving(DEP)["id"] == "v1" and ledger.versions(DEP)[0]["id"] == "v1"
     check = ledger.verify()
     assert check["ok"], check["problems"]
+
+
+def test_one_serving_process_per_deployment(ledger_url):
+    """A second worker on the same ledger and deployment is refused (it would re-queue the first one's running
+    batch); another deployment is not blocked; closing (or the process dying) releases the lock."""
+    first, second = Ledger(ledger_url), Ledger(ledger_url)
+    try:
+        first.lock_worker("digits")
+        with pytest.raises(LedgerError, match="another obliviate serve"):
+            second.lock_worker("digits")
+        second.lock_worker("other")
+        first.close()
+        third = Ledger(ledger_url)
+        third.lock_worker("digits")
+        third.close()
+    finally:
+        first.close()
+        second.close()
