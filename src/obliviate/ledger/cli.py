@@ -5,8 +5,10 @@ import csv
 import io
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -122,12 +124,24 @@ def serve(db: Optional[str] = DbOpt,
         err.print(f"listening on http://{host}:{port} (OpenAPI docs at /docs)"
                   + (" — INSECURE: no token" if token is None else ""))
     logging.basicConfig(level=logging.WARNING)
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal; under the default handler that kills
+    # the process before the ``finally`` below, so the worker would die mid-batch and the ledger stay open. End with
+    # a clean exit (status 0) instead.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     svc.worker.start()
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning" if not quiet else "error", access_log=False)
     finally:
         svc.worker.stop()
         svc.ledger.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(_signum, _frame) -> None:
+    raise SystemExit(0)
 
 
 @ledger_app.command("verify")

@@ -14,10 +14,12 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from obliviate.errors import ObliviateError
 from obliviate.ledger.deployment import NAME_PATTERN, ModelManager
@@ -100,6 +102,11 @@ class Problem(BaseModel):
     detail: str
 
 
+class ValidationProblem(BaseModel):
+    detail: str = Field(description="the first problem, in one line")
+    errors: list[dict[str, Any]] = Field(default_factory=list, description="every problem, as pydantic reports it")
+
+
 def _public(r: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in r.items() if k not in ("report_path", "seq")}
 
@@ -109,7 +116,9 @@ def _public_version(v: dict[str, Any]) -> dict[str, Any]:
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body over ``limit`` bytes, from Content-Length or while streaming."""
+    """ASGI middleware: 413 for a body over ``limit`` bytes, from Content-Length or while streaming (a chunked
+    upload has none). The body is read here, up to the limit, and handed on whole, so the 413 never depends on how
+    the route reads it (FastAPI turns an exception raised while it reads the body into a 400)."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -125,25 +134,29 @@ class BodyLimit:
                     return await _plain(send, 400, "bad Content-Length header")
                 if too_big:
                     return await _plain(send, 413, f"request body over {self.limit} bytes")
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited():
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge()
-            return message
+            if message["type"] != "http.request":  # the client went away before its body ended
+                return None
+            body = message.get("body", b"")
+            seen += len(body)
+            if seen > self.limit:
+                return await _plain(send, 413, f"request body over {self.limit} bytes")
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        try:
-            return await self.app(scope, limited, send)
-        except _TooLarge:
-            return await _plain(send, 413, f"request body over {self.limit} bytes")
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
 
-
-class _TooLarge(Exception):
-    pass
+        return await self.app(scope, replay, send)
 
 
 async def _plain(send, status: int, detail: str) -> None:
@@ -161,6 +174,8 @@ def _one_line(errors: list[dict[str, Any]]) -> str:
     msg = first.get("msg", "invalid")
     if first.get("type") == "extra_forbidden":
         msg = f"unknown field (allowed: {', '.join(DeletionIn.model_fields)})"
+    elif first.get("type") == "model_attributes_type" and tuple(first.get("loc", ())) == ("body",):
+        msg = "expected a JSON object, sent with Content-Type: application/json"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{loc}: {msg}{more}"
 
@@ -175,7 +190,9 @@ def create_app(ledger: Ledger, manager: ModelManager, worker=None, token: str | 
                               "/healthz needs `Authorization: Bearer <token>`.")
     app.add_middleware(BodyLimit, limit=max_body)
     bearer = HTTPBearer(auto_error=False)
-    auth_responses = {401: {"model": Problem, "description": "missing or wrong bearer token"}}
+    # every /v1 route: 401 without the token, 422 (one-line ``detail`` plus ``errors``) for invalid parameters
+    auth_responses = {401: {"model": Problem, "description": "missing or wrong bearer token"},
+                      422: {"model": ValidationProblem, "description": "invalid parameters or body"}}
 
     def require_token(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if token is None:
@@ -191,6 +208,15 @@ def create_app(ledger: Ledger, manager: ModelManager, worker=None, token: str | 
         errors = exc.errors()
         return JSONResponse(status_code=422, content={"detail": _one_line(errors), "errors": json.loads(
             json.dumps(errors, default=str))})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # FastAPI answers 400 "There was an error parsing the body" when json.loads fails on something other than
+        # a JSONDecodeError: bytes that are not UTF-8/16/32 text, or nesting deeper than the parser's recursion
+        if exc.status_code == 400 and isinstance(exc.__cause__, (UnicodeError, RecursionError)):
+            why = "the body is not UTF-8 text" if isinstance(exc.__cause__, UnicodeError) else "nested too deeply"
+            return JSONResponse(status_code=422, content={"detail": f"malformed JSON: {why}", "errors": []})
+        return await http_exception_handler(request, exc)
 
     def _resolve(body: DeletionIn) -> tuple[list[int], str | None]:
         if body.model is not None and body.model != deployment:
@@ -220,8 +246,10 @@ def create_app(ledger: Ledger, manager: ModelManager, worker=None, token: str | 
 
     @app.post("/v1/deletions", status_code=202, response_model=DeletionOut, tags=["deletions"],
               dependencies=[Depends(require_token)],
-              responses={**auth_responses, 404: {"model": Problem}, 409: {"model": Problem},
-                         413: {"model": Problem}, 422: {"model": Problem}})
+              responses={**auth_responses, 400: {"model": Problem, "description": "bad Content-Length header"},
+                         404: {"model": Problem, "description": "no such model"},
+                         409: {"model": Problem, "description": "idempotency key used for another body"},
+                         413: {"model": Problem, "description": "body over the size limit"}})
     def create_deletion(body: DeletionIn, idempotency_key: Annotated[str | None, Header(
             pattern=KEY_PATTERN, description="alternative to the body's idempotency_key")] = None):
         """Queue a deletion. Answers ``202`` once the request is durably in the ledger; the same idempotency key
@@ -288,8 +316,18 @@ def create_app(ledger: Ledger, manager: ModelManager, worker=None, token: str | 
             raise HTTPException(500, "the stored report does not match the ledger's sha256")
         return JSONResponse(json.loads(text))
 
+    def _json_errors(codes: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+        # an HTML route's error answers are JSON; FastAPI would document a ``model`` under text/html
+        def schema(code: int) -> dict[str, str]:
+            return {"$ref": f"#/components/schemas/{'ValidationProblem' if code == 422 else 'Problem'}"}
+
+        return {code: {"description": text, "content": {"application/json": {"schema": schema(code)}}}
+                for code, text in codes.items()}
+
     @app.get("/v1/deletions/{request_id}/report.html", response_class=HTMLResponse, tags=["deletions"],
-             dependencies=[Depends(require_token)], responses={**auth_responses, 404: {"model": Problem}})
+             dependencies=[Depends(require_token)],
+             responses=_json_errors({401: "missing or wrong bearer token", 404: "no such request or no report yet",
+                                     422: "invalid parameters"}))
     def get_report_html(request_id: Annotated[str, PathParam(max_length=64)]):
         """The same report as HTML (the page `obliviate run --html` writes)."""
         return HTMLResponse(_report_file(request_id, ".html").read_text(encoding="utf-8"))
