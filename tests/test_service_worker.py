@@ -321,3 +321,31 @@ def test_certified_and_regression_deployments(tmp_path, values, guarantee, check
         assert svc.manager.load(svc.ledger.serving(values["name"])).deleted.tolist() == [1, 2, 3]
     finally:
         svc.ledger.close()
+
+
+def test_an_unexpected_error_is_retried_then_fails_and_never_serves(sisa, monkeypatch):
+    before = sisa.ledger.serving("digits")
+    real_verify = sisa.manager.verify
+    calls = {"n": 0}
+
+    def flaky(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("disk hiccup")
+        return real_verify(*args, **kw)
+
+    monkeypatch.setattr(sisa.manager, "verify", flaky)
+    rid = submit(sisa, [30], key="flaky")
+    sisa.worker.run_until_idle()
+    r = sisa.ledger.request(rid)
+    assert r["status"] == "verified" and r["attempts"] == 2
+    assert [v["status"] for v in sisa.ledger.versions("digits")].count("rejected") == 1
+
+    monkeypatch.setattr(sisa.manager, "apply", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("always")))
+    served = sisa.ledger.serving("digits")
+    bad = submit(sisa, [31], key="broken")
+    sisa.worker.run_until_idle()
+    r = sisa.ledger.request(bad)
+    assert r["status"] == "failed" and r["attempts"] == 3 and "internal error: RuntimeError: always" in r["error"]
+    assert sisa.ledger.serving("digits")["id"] == served["id"] != before["id"]
+    assert sisa.ledger.verify()["ok"]

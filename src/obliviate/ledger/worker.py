@@ -21,9 +21,10 @@ import numpy as np
 
 from obliviate.errors import IntegrityError, ObliviateError
 from obliviate.ledger.deployment import ModelManager, VersionState, atomic_write_bytes, report_html
-from obliviate.ledger.store import Claimed, Ledger, LedgerError, sha256_text
+from obliviate.ledger.store import OPEN, Claimed, Ledger, LedgerError, sha256_text
 
 log = logging.getLogger("obliviate.worker")
+MAX_ATTEMPTS = 3  # an unexpected error (not bad input) is retried this many times before the request fails
 
 
 class Worker:
@@ -130,6 +131,7 @@ class Worker:
 
     def _process(self, claimed: Claimed) -> None:
         rids = [r["id"] for r in claimed.requests]
+        version = None
         try:
             serving = self.ledger.serving(self.name)
             state = self.manager.load(serving)
@@ -142,10 +144,27 @@ class Worker:
             version = self.ledger.add_version(self.name, cand.vid, cand.path, cand.sha256, serving["id"],
                                               cand.method, cand.guarantee, cand.n_deleted, claimed.batch_id,
                                               request_ids=rids)
-        except (ObliviateError, LedgerError) as exc:
-            self.ledger.fail(rids, str(exc))
-            return
-        self._finish_candidate(version, rids, claimed.batch_id, before=state)
+            self._finish_candidate(version, rids, claimed.batch_id, before=state)
+        except Exception as exc:  # noqa: BLE001 — the batch must end in a recorded state whatever went wrong
+            self._abandon(rids, version, exc)
+
+    def _abandon(self, rids: list[str], version: dict[str, Any] | None, exc: Exception) -> None:
+        """A batch that raised: its candidate (if any) is rejected, never served. A request the method cannot
+        satisfy fails with the reason; an unexpected error is retried up to ``MAX_ATTEMPTS`` times, then fails."""
+        expected = isinstance(exc, (ObliviateError, LedgerError))
+        reason = str(exc) if expected else f"internal error: {type(exc).__name__}: {exc}"
+        if not expected:
+            self.last_error = reason
+            log.error("batch failed: %s\n%s", reason, traceback.format_exc())
+        if version is not None and (self.ledger.version(version["id"]) or {}).get("status") == "candidate":
+            self.ledger.reject(version["id"], reason)
+        still_open = [r for r in (self.ledger.request(rid) for rid in rids) if r["status"] in OPEN]
+        retry = [r["id"] for r in still_open if not expected and r["attempts"] < MAX_ATTEMPTS]
+        give_up = [r["id"] for r in still_open if r["id"] not in retry]
+        if retry:
+            self.ledger.requeue(retry, reason)
+        if give_up:
+            self.ledger.fail(give_up, reason)
 
     def _noop(self, claimed: Claimed, serving: dict[str, Any]) -> None:
         """Every id was already deleted by earlier requests: nothing to train; the report says so."""
