@@ -107,8 +107,8 @@ def start_server(data_dir: Path, *extra: str, token: str | None = None, insecure
 
 # -- talking to it ----------------------------------------------------------------------------------------------
 def counts(client: httpx.Client) -> dict[str, int]:
-    """Requests (by status, from /healthz) and ledger events (from /v1/ledger/verify)."""
-    health = client.get("/healthz").json()["requests"]
+    """Requests (by status, from /v1/status) and ledger events (from /v1/ledger/verify)."""
+    health = client.get("/v1/status").json()["requests"]
     verify = client.get("/v1/ledger/verify").json()
     return {"requests": sum(health.values()), "events": verify["events"], "verify_requests": verify["requests"]}
 
@@ -131,7 +131,7 @@ def settle(client: httpx.Client, timeout: float = 90.0) -> dict[str, int]:
     still while a test compares counts."""
     deadline = time.monotonic() + timeout
     while True:
-        health = client.get("/healthz").json()["requests"]
+        health = client.get("/v1/status").json()["requests"]
         busy = {k: v for k, v in health.items() if k not in TERMINAL and v}
         if not busy:
             return health

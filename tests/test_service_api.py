@@ -111,7 +111,7 @@ def test_deletion_is_applied_verified_and_reported(api):
 # -- 2. auth ------------------------------------------------------------------------------------------------------
 V1_GETS = ["/v1/deletions", "/v1/deletions/del_00000000000000000000", "/v1/deletions/del_00000000000000000000/report",
            "/v1/deletions/del_00000000000000000000/report.html", "/v1/models/current", "/v1/models",
-           "/v1/models/v0", "/v1/ledger/verify", "/v1/ledger/events"]
+           "/v1/models/v0", "/v1/ledger/verify", "/v1/ledger/events", "/v1/status"]
 
 
 def test_auth_is_required_everywhere_but_healthz(server, api):
@@ -121,7 +121,10 @@ def test_auth_is_required_everywhere_but_healthz(server, api):
     basic = server.client(token=None, auth=("user", server.token))
 
     health = anonymous.get("/healthz")
-    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.status_code == 200 and health.json() == {"status": "ok"}  # nothing about the requests
+    status = api.get("/v1/status").json()
+    assert status["guarantee"] == "exact" and status["worker"]["running"] and status["worker"]["last_error"] is None
+    assert sum(status["requests"].values()) == before["requests"]
 
     body = {"ids": [7], "idempotency_key": "auth-test"}
     for client, why in ((anonymous, "missing"), (wrong, "wrong"), (basic, "missing")):

@@ -178,7 +178,7 @@ class Clients:
     def drain(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            counts = self.http.get("/healthz").json()["requests"]
+            counts = self.http.get("/v1/status").json()["requests"]
             if set(counts) == {"verified"} and counts["verified"] == len(self.accepted):
                 return
             time.sleep(0.2)

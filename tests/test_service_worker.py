@@ -93,6 +93,8 @@ def test_already_deleted_ids_are_a_noop_without_a_new_version(sisa):
     sisa.worker.run_until_idle()
     r = sisa.ledger.request(again)
     assert r["status"] == "verified" and r["version_after"] == served["id"]
+    html = Path(r["report_path"]).with_suffix(".html").read_text()
+    assert "already deleted" in html and again in html
     assert sisa.ledger.serving("digits")["id"] == served["id"]
     assert len(sisa.ledger.versions("digits")) == 2
     assert sisa.ledger.verify()["ok"]

@@ -153,6 +153,10 @@ def _page(title: str, body: str) -> str:
 
 def _run_body(r: dict[str, Any]) -> str:
     metrics = r["metrics"]
+    if not metrics.get("unlearned"):  # a deletion service no-op: every id was already gone, no model changed
+        note = r.get("service", {}).get("note", "no model was changed")
+        return (f"<h2>{html.escape(r['method'])} {_badge(r['guarantee'])}</h2><p>{html.escape(note)}</p>"
+                + _service_html(r))
     roles = [k for k in ("original", "unlearned", "oracle") if k in metrics]
     keys = list(metrics["unlearned"])
     rows = "".join(

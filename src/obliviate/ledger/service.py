@@ -241,8 +241,19 @@ def create_app(ledger: Ledger, manager: ModelManager, worker=None, token: str | 
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, Any]:
-        """Liveness (no auth): the ledger answers."""
-        return {"status": "ok", "deployment": deployment, "requests": ledger.counts()}
+        """Liveness (no auth, so it says nothing about the requests): the ledger answers."""
+        ledger.serving(deployment)
+        return {"status": "ok"}
+
+    @app.get("/v1/status", tags=["service"], dependencies=[Depends(require_token)], responses=auth_responses)
+    def status() -> dict[str, Any]:
+        """For operators: requests by status, the serving version, the worker's progress and last error."""
+        served = ledger.serving(deployment)
+        return {"deployment": deployment, "task": manager.config.task, "method": manager.config.method,
+                "guarantee": manager.method.guarantee, "serving_version": served["id"] if served else None,
+                "requests": ledger.counts(),
+                "worker": None if worker is None else {"running": worker.running, "batches": worker.processed_batches,
+                                                       "last_error": worker.last_error}}
 
     @app.post("/v1/deletions", status_code=202, response_model=DeletionOut, tags=["deletions"],
               dependencies=[Depends(require_token)],

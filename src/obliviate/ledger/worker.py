@@ -98,6 +98,10 @@ class Worker:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -176,7 +180,7 @@ class Worker:
                   "service": {"deployment": self.name, "batch_id": claimed.batch_id, "requests": rids,
                               "version_before": serving["id"], "version_after": serving["id"], "checks": [],
                               "passed": True, "note": "every id was already deleted from the serving version"}}
-        path, sha = self._write_report(f"noop-{claimed.batch_id}", report, html=False)
+        path, sha = self._write_report(f"noop-{claimed.batch_id}", report)
         self.ledger.close_noop(rids, serving, path, sha)
 
     def _finish_candidate(self, version: dict[str, Any], rids: list[str], batch_id: str | None,
@@ -232,13 +236,12 @@ class Worker:
         self._finish_candidate(version, [], None, before=state)
         return True
 
-    def _write_report(self, stem: str, report: dict[str, Any], html: bool = True) -> tuple[str, str]:
+    def _write_report(self, stem: str, report: dict[str, Any]) -> tuple[str, str]:
         from obliviate.report import _clean
 
         text = json.dumps(_clean(report), indent=2, default=str) + "\n"
         path = self.manager.reports_dir / f"{stem}.json"
         atomic_write_bytes(path, text.encode())
-        if html:
-            atomic_write_bytes(self.manager.reports_dir / f"{stem}.html", report_html(report).encode())
+        atomic_write_bytes(self.manager.reports_dir / f"{stem}.html", report_html(report).encode())
         return str(path), sha256_text(text)
 
