@@ -13,8 +13,13 @@ every batch retrains and re-verifies the touched shards), so the API is measured
 on the same machine — one of the two cores goes to the worker, and the client threads share the other with the
 server's request threads.
 
+3. deletion latency per method (in process, no HTTP): the default settings (oracle verification on), one
+   deployment per method, R sequential requests of 10 random ids each → seconds from queued to verified, split
+   into unlearn / exact re-derivation / oracle, and what the served version's guarantee is.
+
     .venv/bin/python benchmarks/service.py [--clients 16] [--per-client 50] [--kill-per-client 30]
                                            [--backends sqlite,postgresql] [--pg-url URL]
+                                           [--methods sisa,s3t,certified,finetune,scrub] [--rounds 3]
 
 Prints markdown tables and writes benchmarks/results/service.{json,md}. PostgreSQL: ``--pg-url`` or the test
 server of ``scripts/pg-test-server.sh`` (each run gets a fresh database, dropped afterwards).
@@ -260,6 +265,42 @@ def run_backend(name: str, db: str | None, args) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def method_latency(methods: list[str], rounds: int) -> list[dict]:
+    """Queued → verified for each method's deployment on default settings (SQLite, worker in process)."""
+    from obliviate.ledger import open_service
+    from obliviate.requests import ids_sha256
+
+    rows = []
+    for method in methods:
+        work = Path(tempfile.mkdtemp(prefix=f"obliviate-bench-{method}-"))
+        try:
+            start = time.perf_counter()
+            svc = open_service(work, values={"name": method, "method": method, "retrain_every": 0})
+            first = time.perf_counter() - start
+            rng = np.random.default_rng(7)
+            seconds, parts, served = [], {"unlearn": [], "verify_exact": [], "oracle": []}, []
+            for r in range(rounds):
+                ids = sorted(rng.choice(N_IDS, size=10, replace=False).tolist())
+                req, _ = svc.ledger.submit(method, ids, ids_sha256(np.array(ids)), None, None, f"m{r}", f"m{r}")
+                start = time.perf_counter()
+                svc.worker.run_until_idle()
+                seconds.append(time.perf_counter() - start)
+                done = svc.ledger.request(req["id"])
+                report = json.loads(Path(done["report_path"]).read_text())
+                for k in parts:
+                    parts[k].append(report["time_s"].get(k) or 0.0)
+                served.append((done["status"], done["method"], done["guarantee"]))
+            svc.ledger.close()
+            rows.append({"method": method, "first_version_s": first, "rounds": rounds,
+                         "queued_to_verified_s": float(np.mean(seconds)),
+                         **{f"{k}_s": float(np.mean(v)) for k, v in parts.items()},
+                         "statuses": sorted({s[0] for s in served}), "served_by": sorted({s[1] for s in served}),
+                         "guarantee": sorted({s[2] for s in served})})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
 def markdown(res: dict) -> str:
     f = lambda v, d=1: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
     lines = ["### Deletion service under load (loopback)", "",
@@ -280,6 +321,14 @@ def markdown(res: dict) -> str:
                      f"{x['posts_interrupted']} ({x['retry_attempts']}) | "
                      f"{x['replayed']} | **{x['lost']}** | **{x['duplicates']}** | "
                      f"{'ok' if x['ledger_verify_ok'] else 'FAILED'} |")
+    if res.get("methods"):
+        lines += ["", "### Deletion latency per method (10 ids per request, default settings, oracle verification on)",
+                  "", "| method | guarantee served | served by | first version s | queued → verified s | unlearn s | "
+                  "exact re-derivation s | oracle s | status |", "|---|---|---|---|---|---|---|---|---|"]
+        for x in res["methods"]:
+            lines.append(f"| {x['method']} | {', '.join(x['guarantee'])} | {', '.join(x['served_by'])} | "
+                         f"{f(x['first_version_s'])} | {f(x['queued_to_verified_s'], 2)} | {f(x['unlearn_s'], 2)} | "
+                         f"{f(x['verify_exact_s'], 2)} | {f(x['oracle_s'], 2)} | {', '.join(x['statuses'])} |")
     m = res["machine"]
     lines += ["", f"Machine: {m['cores']} cores ({m['cpu']}), Python {m['python']}, loopback; server and clients "
               f"on the same machine. Server: `obliviate serve --set {' --set '.join(res['settings'])}` (SQLite "
@@ -302,11 +351,14 @@ def main() -> None:
     ap.add_argument("--kill-per-client", type=int, default=30)
     ap.add_argument("--backends", default="sqlite,postgresql")
     ap.add_argument("--pg-url", default=None, help="PostgreSQL server URL (default: scripts/pg-test-server.sh)")
+    ap.add_argument("--methods", default="sisa,s3t,certified,finetune,scrub",
+                    help="deployments timed end to end ('' to skip)")
+    ap.add_argument("--rounds", type=int, default=3, help="requests per method deployment")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args()
     t0 = time.monotonic()
     results = []
-    for name in args.backends.split(","):
+    for name in [b for b in args.backends.split(",") if b]:
         if name == "sqlite":
             results.append(run_backend(name, None, args))
         elif name == "postgresql":
@@ -332,7 +384,9 @@ def main() -> None:
     res = {"schema": "obliviate.benchmark-service/1", "settings": SETTINGS,
            "machine": {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
                        "network": "loopback"},
-           "backends": results, "wall_s": time.monotonic() - t0}
+           "backends": results,
+           "methods": method_latency([m for m in args.methods.split(",") if m], args.rounds),
+           "wall_s": time.monotonic() - t0}
     md = markdown(res)
     print(md)
     if not args.no_write:
