@@ -6,7 +6,7 @@ to; the ids themselves (``pending_ids``) are kept only until the request is clos
 """
 from __future__ import annotations
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -56,7 +56,7 @@ class DeletionRequest(Base):
     n_ids: Mapped[int] = mapped_column(Integer)
     pending_ids: Mapped[str | None] = mapped_column(Text, nullable=True)  # purged when the request closes
     body_sha256: Mapped[str] = mapped_column(String(64))
-    idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
     status: Mapped[str] = mapped_column(String(16))  # queued | running | applied | verified | failed
     method: Mapped[str | None] = mapped_column(String(64), nullable=True)
     guarantee: Mapped[str | None] = mapped_column(String(16), nullable=True)
@@ -72,7 +72,8 @@ class DeletionRequest(Base):
     finished_at: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
     __table_args__ = (Index("ix_deletion_requests_status_seq", "status", "seq"),
-                      Index("ix_deletion_requests_subject", "subject_sha256"))
+                      Index("ix_deletion_requests_subject", "subject_sha256"),
+                      UniqueConstraint("deployment", "idempotency_key", name="uq_deletion_requests_key"))
 
 
 class Event(Base):

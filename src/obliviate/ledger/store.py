@@ -28,7 +28,10 @@ from obliviate.ledger.schema import Base, ChainHead, DeletionRequest, Deployment
 
 STATUSES = ("queued", "running", "applied", "verified", "failed")
 OPEN = ("queued", "running", "applied")
-_REQUEST_STATUS_EVENTS = {f"request.{s}" for s in STATUSES} | {"request.received", "request.requeued"}
+# the state machine: a closed request (verified, failed) never changes again
+TRANSITIONS = {"queued": {"running", "failed"}, "running": {"queued", "applied", "failed"},
+               "applied": {"applied", "verified", "failed", "queued"}, "verified": set(), "failed": set()}
+MAX_ATTEMPTS = 3  # a request whose batch crashed or errored this many times fails instead of being retried
 
 
 class LedgerError(ObliviateError):
@@ -181,7 +184,12 @@ class Ledger:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
+        """One write transaction. Writers are serialised (SQLite: BEGIN IMMEDIATE and an in-process lock;
+        PostgreSQL: the chain head row locked first), so ids and seqs are assigned in commit order — a cursor
+        walk never skips a request committed later with a smaller seq."""
         with self._writer, Session(self.engine, expire_on_commit=False) as s, s.begin():
+            if not self.is_sqlite:
+                s.execute(sa.select(ChainHead.id).where(ChainHead.id == 1).with_for_update())
             yield s
 
     @contextmanager
@@ -261,7 +269,8 @@ class Ledger:
                              batch_id=batch_id, created_at=now())
             s.add(v)
             s.flush()
-            self._append(s, "version.created", {"sha256": sha256, "parent": parent, "method": method,
+            self._append(s, "version.created", {"deployment": deployment, "sha256": sha256, "parent": parent,
+                                                "method": method,
                                                 "guarantee": guarantee, "n_deleted": n_deleted, "path": path,
                                                 "batch_id": batch_id}, version_id=vid)
             for rid in request_ids or []:
@@ -364,6 +373,7 @@ class Ledger:
                 with self.write() as s:
                     if idempotency_key is not None:
                         old = s.execute(sa.select(DeletionRequest).where(
+                            DeletionRequest.deployment == deployment,
                             DeletionRequest.idempotency_key == idempotency_key)).scalar_one_or_none()
                         if old is not None:
                             if old.body_sha256 != body_sha256:
@@ -388,27 +398,32 @@ class Ledger:
                 continue
         raise LedgerError("could not record the request (concurrent conflicting writes); retry")
 
-    def request(self, rid: str) -> dict[str, Any]:
+    def request(self, rid: str, deployment: str | None = None) -> dict[str, Any]:
         with self.read() as s:
             r = s.execute(sa.select(DeletionRequest).where(DeletionRequest.id == rid)).scalar_one_or_none()
-            if r is None:
+            if r is None or (deployment is not None and r.deployment != deployment):
                 raise NotFound(f"no deletion request {rid!r}")
             return _request_dict(r)
 
     def requests(self, limit: int = 50, after: int = 0, status: str | None = None,
-                 subject: str | None = None) -> list[dict[str, Any]]:
+                 subject: str | None = None, deployment: str | None = None) -> list[dict[str, Any]]:
         """Keyset pagination: requests with ``seq > after`` in arrival order."""
         with self.read() as s:
             q = sa.select(DeletionRequest).where(DeletionRequest.seq > after)
+            if deployment is not None:
+                q = q.where(DeletionRequest.deployment == deployment)
             if status is not None:
                 q = q.where(DeletionRequest.status == status)
             if subject is not None:
                 q = q.where(DeletionRequest.subject_sha256 == sha256_text(subject))
             return [_request_dict(r) for r in s.execute(q.order_by(DeletionRequest.seq).limit(limit)).scalars()]
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, deployment: str | None = None) -> dict[str, int]:
         with self.read() as s:
-            rows = s.execute(sa.select(DeletionRequest.status, sa.func.count()).group_by(DeletionRequest.status))
+            q = sa.select(DeletionRequest.status, sa.func.count())
+            if deployment is not None:
+                q = q.where(DeletionRequest.deployment == deployment)
+            rows = s.execute(q.group_by(DeletionRequest.status))
             return {k: int(v) for k, v in rows}
 
     def claim(self, deployment: str, max_requests: int) -> Claimed | None:
@@ -422,6 +437,10 @@ class Ledger:
             rows = s.execute(q).scalars().all()
             if not rows:
                 return None
+            if rows[0].attempts:  # tried before and not finished: retried alone, so it cannot sink a batch again
+                rows = rows[:1]
+            else:
+                rows = [r for r in rows if not r.attempts]
             d = s.get(Deployment, deployment)
             batch_id = f"b_{secrets.token_hex(8)}"
             for r in rows:
@@ -446,12 +465,21 @@ class Ledger:
         with self.write() as s:
             rows = s.execute(sa.select(DeletionRequest).where(DeletionRequest.deployment == deployment,
                                                               DeletionRequest.status == "running")).scalars().all()
+            failed = [r for r in rows if r.attempts >= MAX_ATTEMPTS]
+            rows = [r for r in rows if r.attempts < MAX_ATTEMPTS]
+            for r in failed:  # the process died under this request every time: it would kill every restart
+                error = f"the worker stopped {r.attempts} times while applying this request"
+                self._set_status(s, r, "failed", {"error": error, "report_sha256": None}, error=error,
+                                 pending_ids=None, finished_at=now())
             for r in rows:
                 self._set_status(s, r, "queued", {"reason": "worker stopped before the batch was applied",
-                                                  "batch_id": r.batch_id}, event="request.requeued", batch_id=None)
+                                                  "batch_id": r.batch_id, "attempts": r.attempts},
+                                 event="request.requeued", batch_id=None, version_after=None, method=None,
+                                 guarantee=None)
             applied = s.execute(sa.select(DeletionRequest).where(DeletionRequest.deployment == deployment,
                                                                  DeletionRequest.status == "applied")).scalars().all()
-            return {"requeued": [r.id for r in rows], "applied": [r.id for r in applied]}
+            return {"requeued": [r.id for r in rows], "applied": [r.id for r in applied],
+                    "failed": [r.id for r in failed]}
 
     def applied_batches(self, deployment: str) -> dict[str, list[str]]:
         """Candidate version id → the ids of its ``applied`` requests (awaiting verification)."""
@@ -464,11 +492,14 @@ class Ledger:
                 out.setdefault(r.version_after, []).append(r.id)
             return out
 
-    def requeue(self, request_ids: list[str], reason: str) -> None:
+    def requeue(self, request_ids: list[str], reason: str, refund: bool = False) -> None:
+        """Back to the queue; ``refund``: the attempt did not count (the service, not the request, was at fault)."""
         with self.write() as s:
             for rid in request_ids:
                 r = self._request_row(s, rid)
-                self._set_status(s, r, "queued", {"reason": reason, "batch_id": r.batch_id},
+                if refund:
+                    r.attempts = max(0, r.attempts - 1)
+                self._set_status(s, r, "queued", {"reason": reason, "batch_id": r.batch_id, "attempts": r.attempts},
                                  event="request.requeued", batch_id=None, version_after=None, method=None,
                                  guarantee=None)
 
@@ -481,6 +512,8 @@ class Ledger:
 
     def _set_status(self, s: Session, r: DeletionRequest, status: str, payload: dict[str, Any],
                     event: str | None = None, **fields: Any) -> None:
+        if status not in TRANSITIONS[r.status]:
+            raise LedgerError(f"request {r.id} is {r.status}; it cannot become {status}")
         ts = now()
         r.status = status
         r.updated_at = ts
@@ -503,57 +536,95 @@ class Ledger:
                 "deployments": deployments, "requests": requests, "versions": versions, "events": events}
 
 
-def _rows_vs_log(events, requests, versions, deployments) -> list[str]:
-    """A row edited behind the ledger's back (a failed request marked verified, a version's sha256 swapped)
-    disagrees with the chained log, which cannot be edited without breaking the chain."""
-    problems: list[str] = []
-    received: dict[str, dict] = {}
-    last_status: dict[str, str] = {}
-    verified_sha: dict[str, str | None] = {}
-    created: dict[str, dict] = {}
-    serving: dict[str, str] = {}
+_REQUEST_FIELDS = ("deployment", "ids_sha256", "n_ids", "spec", "subject_sha256", "idempotency_key", "body_sha256",
+                   "status", "method", "guarantee", "version_before", "version_after", "batch_id", "report_sha256",
+                   "error", "attempts")
+_VERSION_FIELDS = ("deployment", "sha256", "parent", "method", "guarantee", "n_deleted", "path", "batch_id", "status")
+_DEPLOYMENT_FIELDS = ("task", "method", "guarantee", "config_sha256", "model_dir", "serving_version",
+                      "approx_since_exact")
+
+
+def replay(events) -> tuple[dict[str, dict], dict[str, dict], dict[str, dict]]:
+    """What every request, version and deployment row must hold, rebuilt from the event log alone."""
+    requests: dict[str, dict] = {}
+    versions: dict[str, dict] = {}
+    deployments: dict[str, dict] = {}
     for e in events:
         try:
             p = json.loads(e.payload)
         except ValueError:
             continue  # already reported by the chain check (the hash covers the payload)
+        r = requests.get(e.request_id) if e.request_id else None
         if e.kind == "request.received":
-            received[e.request_id] = p
-            last_status[e.request_id] = "queued"
-        elif e.kind in _REQUEST_STATUS_EVENTS and e.request_id:
-            last_status[e.request_id] = p.get("status", "")
-            if e.kind == "request.verified":
-                verified_sha[e.request_id] = p.get("report_sha256")
+            requests[e.request_id] = {**{k: p.get(k) for k in ("deployment", "ids_sha256", "n_ids", "spec",
+                                                                "subject_sha256", "idempotency_key", "body_sha256")},
+                                      "status": "queued", "method": None, "guarantee": None, "version_before": None,
+                                      "version_after": None, "batch_id": None, "report_sha256": None, "error": None,
+                                      "attempts": 0}
+        elif r is not None and e.kind == "request.running":
+            r.update(status="running", batch_id=p.get("batch_id"), version_before=p.get("version_before"),
+                     attempts=p.get("attempt"))
+        elif r is not None and e.kind == "request.applied":
+            r.update(status="applied", version_after=p.get("version_after"), method=p.get("method"),
+                     guarantee=p.get("guarantee"))
+        elif r is not None and e.kind == "request.verified":
+            r.update(status="verified", report_sha256=p.get("report_sha256"))
+        elif r is not None and e.kind == "request.failed":
+            r.update(status="failed", error=p.get("error"), report_sha256=p.get("report_sha256"))
+        elif r is not None and e.kind == "request.requeued":
+            r.update(status="queued", batch_id=None, version_after=None, method=None, guarantee=None,
+                     attempts=p.get("attempts", r["attempts"]))
         elif e.kind == "version.created":
-            created[e.version_id] = p
+            versions[e.version_id] = {**{k: p.get(k) for k in _VERSION_FIELDS if k != "status"}, "status": "candidate"}
         elif e.kind == "version.serving":
-            serving[p.get("deployment")] = e.version_id
+            if e.version_id in versions:
+                versions[e.version_id]["status"] = "serving"
+            if p.get("previous") in versions:
+                versions[p["previous"]]["status"] = "retired"
+            d = deployments.get(p.get("deployment"))
+            if d is not None:
+                d.update(serving_version=e.version_id, approx_since_exact=p.get("approx_since_exact"))
+        elif e.kind == "version.rejected" and e.version_id in versions:
+            versions[e.version_id]["status"] = "rejected"
+        elif e.kind == "deployment.created":
+            deployments[p.get("name")] = {**{k: p.get(k) for k in ("task", "method", "guarantee", "config_sha256",
+                                                                    "model_dir")},
+                                          "serving_version": None, "approx_since_exact": 0}
+    return requests, versions, deployments
+
+
+def _rows_vs_log(events, requests, versions, deployments) -> list[str]:
+    """A row edited, added or deleted behind the ledger's back (a failed request marked verified, a version's sha256
+    swapped, the retrain counter reset) disagrees with the log replayed, and the log cannot be edited without
+    breaking the chain."""
+    want_r, want_v, want_d = replay(events)
+    problems: list[str] = []
+
+    def compare(what: str, key: str, row: dict, want: dict | None, fields) -> None:
+        if want is None:
+            problems.append(f"{what} {key}: not in the log (row inserted behind the ledger)")
+            return
+        diff = [f for f in fields if row[f] != want[f]]
+        if diff:
+            problems.append(f"{what} {key}: {', '.join(diff)} differ from the log "
+                            f"(row {', '.join(f'{f}={row[f]!r}' for f in diff)}; log "
+                            f"{', '.join(f'{f}={want[f]!r}' for f in diff)})")
+
     for r in requests:
-        rec = received.get(r.id)
-        if rec is None:
-            problems.append(f"request {r.id}: no request.received event in the log (row inserted behind the ledger)")
-            continue
-        if (rec.get("ids_sha256"), rec.get("n_ids")) != (r.ids_sha256, r.n_ids):
-            problems.append(f"request {r.id}: ids sha256/count differ from the logged request")
-        if last_status.get(r.id) != r.status:
-            problems.append(f"request {r.id}: status {r.status!r} but the log says {last_status.get(r.id)!r}")
-        if r.status == "verified" and verified_sha.get(r.id) != r.report_sha256:
-            problems.append(f"request {r.id}: report sha256 differs from the logged one")
-    logged_requests = set(received) - {r.id for r in requests}
-    for rid in sorted(logged_requests):
+        compare("request", r.id, {f: getattr(r, f) for f in _REQUEST_FIELDS}, want_r.get(r.id), _REQUEST_FIELDS)
+    for rid in sorted(set(want_r) - {r.id for r in requests}):
         problems.append(f"request {rid}: in the log but its row is missing (deleted behind the ledger)")
     for v in versions:
-        rec = created.get(v.id)
-        if rec is None:
-            problems.append(f"version {v.id}: no version.created event in the log")
-        elif (rec.get("sha256"), rec.get("method"), rec.get("guarantee")) != (v.sha256, v.method, v.guarantee):
-            problems.append(f"version {v.id}: sha256/method/guarantee differ from the logged version")
-    for vid in sorted(set(created) - {v.id for v in versions}):
+        compare("version", v.id, {f: getattr(v, f) for f in _VERSION_FIELDS}, want_v.get(v.id), _VERSION_FIELDS)
+    for vid in sorted(set(want_v) - {v.id for v in versions}):
         problems.append(f"version {vid}: in the log but its row is missing (deleted behind the ledger)")
     for d in deployments:
-        if d.serving_version is not None and serving.get(d.name) != d.serving_version:
-            problems.append(f"deployment {d.name}: serves {d.serving_version} but the log last switched to "
-                            f"{serving.get(d.name)}")
+        row = {"task": d.task, "method": d.method, "guarantee": d.guarantee, "config_sha256": sha256_text(d.config),
+               "model_dir": d.model_dir, "serving_version": d.serving_version,
+               "approx_since_exact": d.approx_since_exact}
+        compare("deployment", d.name, row, want_d.get(d.name), _DEPLOYMENT_FIELDS)
+    for name in sorted(set(want_d) - {d.name for d in deployments}):
+        problems.append(f"deployment {name}: in the log but its row is missing (deleted behind the ledger)")
     return problems
 
 

@@ -21,10 +21,9 @@ import numpy as np
 
 from obliviate.errors import IntegrityError, ObliviateError
 from obliviate.ledger.deployment import ModelManager, VersionState, atomic_write_bytes, report_html
-from obliviate.ledger.store import OPEN, Claimed, Ledger, LedgerError, sha256_text
+from obliviate.ledger.store import MAX_ATTEMPTS, OPEN, Claimed, Ledger, LedgerError, sha256_text
 
 log = logging.getLogger("obliviate.worker")
-MAX_ATTEMPTS = 3  # an unexpected error (not bad input) is retried this many times before the request fails
 
 
 class Worker:

@@ -52,7 +52,7 @@ def upgrade() -> None:
         sa.Column("n_ids", sa.Integer(), nullable=False),
         sa.Column("pending_ids", sa.Text(), nullable=True),
         sa.Column("body_sha256", sa.String(64), nullable=False),
-        sa.Column("idempotency_key", sa.String(128), nullable=True, unique=True),
+        sa.Column("idempotency_key", sa.String(128), nullable=True),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("method", sa.String(64), nullable=True),
         sa.Column("guarantee", sa.String(16), nullable=True),
@@ -66,6 +66,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.String(40), nullable=False),
         sa.Column("updated_at", sa.String(40), nullable=False),
         sa.Column("finished_at", sa.String(40), nullable=True),
+        sa.UniqueConstraint("deployment", "idempotency_key", name="uq_deletion_requests_key"),
     )
     op.create_index("ix_deletion_requests_status_seq", "deletion_requests", ["status", "seq"])
     op.create_index("ix_deletion_requests_subject", "deletion_requests", ["subject_sha256"])
