@@ -351,3 +351,113 @@ def test_an_unexpected_error_is_retried_then_fails_and_never_serves(sisa, monkey
     assert r["status"] == "failed" and r["attempts"] == 3 and "internal error: RuntimeError: always" in r["error"]
     assert sisa.ledger.serving("digits")["id"] == served["id"] != before["id"]
     assert sisa.ledger.verify()["ok"]
+
+
+def test_a_bad_request_does_not_sink_its_batch(sisa, monkeypatch):
+    real_apply = sisa.manager.apply
+
+    def picky(state, new_ids):
+        if 666 in set(new_ids.tolist()):
+            raise ObliviateError("id 666 cannot be deleted here")
+        return real_apply(state, new_ids)
+
+    monkeypatch.setattr(sisa.manager, "apply", picky)
+    a, b, c = submit(sisa, [1], key="a"), submit(sisa, [666], key="b"), submit(sisa, [2], key="c")
+    sisa.worker.run_until_idle()
+    status = {rid: sisa.ledger.request(rid) for rid in (a, b, c)}
+    assert [status[r]["status"] for r in (a, b, c)] == ["verified", "failed", "verified"]
+    assert "id 666 cannot be deleted" in status[b]["error"]
+    failed_report = json.loads(Path(status[b]["report_path"]).read_text())
+    assert failed_report["service"]["passed"] is False and "not deleted" in failed_report["service"]["note"]
+    assert sisa.manager.load(sisa.ledger.serving("digits")).deleted.tolist() == [1, 2]
+    assert sisa.ledger.verify()["ok"]
+
+
+def test_deleting_everything_left_is_refused_with_a_reason(sisa):
+    n = sisa.manager.n_train
+    rid = submit(sisa, range(n - 1), key="most")
+    last = submit(sisa, [n - 1], key="last")
+    sisa.worker.run_until_idle()
+    assert "leave no training data" in sisa.ledger.request(last)["error"]
+    assert sisa.ledger.request(rid)["status"] in ("verified", "failed")  # its own fate, decided alone
+    assert sisa.ledger.verify()["ok"]
+
+
+def test_an_unreadable_serving_model_blocks_without_failing_requests(sisa):
+    path = Path(sisa.ledger.serving("digits")["path"])
+    blob = path.read_bytes()
+    path.write_bytes(blob[:-10])
+    rid = submit(sisa, [5], key="k")
+    from obliviate.ledger.worker import _Blocked
+
+    with pytest.raises(_Blocked):
+        sisa.worker.step()
+    r = sisa.ledger.request(rid)
+    assert r["status"] == "queued" and r["attempts"] == 0  # the service's fault: the attempt does not count
+    assert "unreadable" in sisa.worker.last_error
+    path.write_bytes(blob)
+    sisa.worker.run_until_idle()
+    assert sisa.ledger.request(rid)["status"] == "verified"
+
+
+def test_recovery_survives_a_candidate_that_cannot_be_verified(sisa, monkeypatch):
+    rid = submit(sisa, [9], key="k")
+    claimed = sisa.ledger.claim("digits", 10)
+    serving = sisa.ledger.serving("digits")
+    cand = sisa.manager.apply(sisa.manager.load(serving), np.array([9]))
+    sisa.ledger.add_version("digits", cand.vid, cand.path, cand.sha256, serving["id"], cand.method, cand.guarantee,
+                            cand.n_deleted, claimed.batch_id, request_ids=[rid])
+    monkeypatch.setattr(sisa.manager, "verify", lambda *a, **k: (_ for _ in ()).throw(MemoryError("out of memory")))
+    out = sisa.worker.recover()  # must not raise: the service has to come up
+    assert out["candidates_resumed"] == [cand.vid]
+    assert sisa.ledger.version(cand.vid)["status"] == "rejected"
+    assert sisa.ledger.request(rid)["status"] == "queued"
+    monkeypatch.undo()
+    sisa.worker.run_until_idle()
+    assert sisa.ledger.request(rid)["status"] == "verified"
+
+
+def test_an_idle_worker_resumes_a_batch_an_earlier_step_left_running(sisa):
+    rid = submit(sisa, [12], key="k")
+    sisa.ledger.claim("digits", 10)  # e.g. the database went away while the batch was being abandoned
+    assert sisa.worker.run_until_idle() >= 1
+    assert sisa.ledger.request(rid)["status"] == "verified"
+
+
+def test_a_rejected_retrain_neither_loops_nor_falls_back_to_itself(tmp_path, monkeypatch):
+    svc = open_service(tmp_path, values=dict(FINETUNE, retrain_every=1, verify_oracle=False))
+    try:
+        submit(svc, [1], key="a")
+        svc.worker.run_until_idle()
+        served = svc.ledger.serving("ft")
+        assert served["method"] == "retrain"  # the scheduled retrain ran before anything else
+        real = svc.manager._checks
+
+        def failing(*args, **kw):
+            return real(*args, **kw) + [{"check": "forced", "value": 1.0, "threshold": 0.0, "passed": False}]
+
+        monkeypatch.setattr(svc.manager, "_checks", failing)
+        rid = submit(svc, [2], key="b")
+        steps = svc.worker.run_until_idle(max_steps=20)
+        assert steps < 20  # it went idle
+        r = svc.ledger.request(rid)
+        assert r["status"] == "failed" and "forced" in r["error"]
+        methods = [(v["method"], v["status"]) for v in svc.ledger.versions("ft")]
+        assert methods.count(("retrain", "rejected")) == 1  # one fallback, not a fallback of the fallback
+        assert svc.ledger.serving("ft")["id"] == served["id"]
+        assert svc.ledger.verify()["ok"]
+    finally:
+        svc.ledger.close()
+
+
+def test_a_due_retrain_is_not_starved_by_new_requests(tmp_path):
+    svc = open_service(tmp_path, values=dict(FINETUNE, retrain_every=1, verify_oracle=False))
+    try:
+        submit(svc, [1], key="a")
+        svc.worker.step()  # the approximate deletion
+        submit(svc, [2], key="b")
+        svc.worker.step()  # the retrain is due: it goes before request b
+        assert svc.ledger.serving("ft")["method"] == "retrain"
+        assert svc.ledger.request(svc.ledger.requests()[-1]["id"])["status"] == "queued"
+    finally:
+        svc.ledger.close()

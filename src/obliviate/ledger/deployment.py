@@ -236,6 +236,9 @@ class ModelManager:
 
         vid = new_version_id()
         deleted = np.union1d(state.deleted, new_ids)
+        if deleted.size >= self.n_train:
+            raise ObliviateError(f"deleting these {len(new_ids)} ids would leave no training data "
+                                 f"({self.n_train} examples, {state.deleted.size} deleted before)")
         request = ForgetRequest(f"ids ({len(new_ids)})", np.asarray(new_ids, dtype=np.int64))
         ctx = _context(self.task, self.method, state.model, request, self.recipe, self.config.seed, self.device,
                        self.runtime, retain_ids=self.alive(deleted))
@@ -328,7 +331,8 @@ class ModelManager:
         # a SISA/S3T ensemble or a certified linear model is not the oracle's model class: its utility is
         # compared with its own previous version, and its forget set is not held to the oracle's numbers
         system = self.method.trains_original and version_method == self.method.name
-        if "unlearned" in metrics:
+        retrain = version_method == "retrain"  # the reference itself: held only to the oracle, when there is one
+        if "unlearned" in metrics and not (retrain and "oracle" not in metrics):
             # utility against the oracle when there is one (deleting a whole cohort lowers test accuracy for the
             # oracle too); otherwise on the remaining training data, which a deletion should not disturb
             ref_role = "oracle" if "oracle" in metrics and not system else "original"

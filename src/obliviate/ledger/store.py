@@ -539,9 +539,10 @@ class Ledger:
 _REQUEST_FIELDS = ("deployment", "ids_sha256", "n_ids", "spec", "subject_sha256", "idempotency_key", "body_sha256",
                    "status", "method", "guarantee", "version_before", "version_after", "batch_id", "report_sha256",
                    "error", "attempts")
-_VERSION_FIELDS = ("deployment", "sha256", "parent", "method", "guarantee", "n_deleted", "path", "batch_id", "status")
-_DEPLOYMENT_FIELDS = ("task", "method", "guarantee", "config_sha256", "model_dir", "serving_version",
-                      "approx_since_exact")
+# where files live (a version's path, a deployment's model_dir) is operational, not evidence: a data directory may
+# be moved; a version file is identified by its sha256
+_VERSION_FIELDS = ("deployment", "sha256", "parent", "method", "guarantee", "n_deleted", "batch_id", "status")
+_DEPLOYMENT_FIELDS = ("task", "method", "guarantee", "config_sha256", "serving_version", "approx_since_exact")
 
 
 def replay(events) -> tuple[dict[str, dict], dict[str, dict], dict[str, dict]]:
@@ -587,8 +588,7 @@ def replay(events) -> tuple[dict[str, dict], dict[str, dict], dict[str, dict]]:
         elif e.kind == "version.rejected" and e.version_id in versions:
             versions[e.version_id]["status"] = "rejected"
         elif e.kind == "deployment.created":
-            deployments[p.get("name")] = {**{k: p.get(k) for k in ("task", "method", "guarantee", "config_sha256",
-                                                                    "model_dir")},
+            deployments[p.get("name")] = {**{k: p.get(k) for k in ("task", "method", "guarantee", "config_sha256")},
                                           "serving_version": None, "approx_since_exact": 0}
     return requests, versions, deployments
 
@@ -620,7 +620,7 @@ def _rows_vs_log(events, requests, versions, deployments) -> list[str]:
         problems.append(f"version {vid}: in the log but its row is missing (deleted behind the ledger)")
     for d in deployments:
         row = {"task": d.task, "method": d.method, "guarantee": d.guarantee, "config_sha256": sha256_text(d.config),
-               "model_dir": d.model_dir, "serving_version": d.serving_version,
+               "serving_version": d.serving_version,
                "approx_since_exact": d.approx_since_exact}
         compare("deployment", d.name, row, want_d.get(d.name), _DEPLOYMENT_FIELDS)
     for name in sorted(set(want_d) - {d.name for d in deployments}):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import traceback
 from pathlib import Path
@@ -26,6 +27,10 @@ from obliviate.ledger.store import MAX_ATTEMPTS, OPEN, Claimed, Ledger, LedgerEr
 log = logging.getLogger("obliviate.worker")
 
 
+class _Blocked(Exception):
+    """The serving version cannot be loaded: no request can be processed until an operator fixes it."""
+
+
 class Worker:
     def __init__(self, ledger: Ledger, manager: ModelManager, poll_s: float = 0.5):
         self.ledger, self.manager = ledger, manager
@@ -36,6 +41,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self.processed_batches = 0
         self.last_error: str | None = None
+        self._retrain_rejected_at: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def ensure_initial(self) -> dict[str, Any]:
@@ -52,7 +58,11 @@ class Worker:
         state = self.ledger.recover(self.name)
         resumed = []
         for v in self.ledger.candidates(self.name):
-            self._finish_candidate(v, self.ledger.applied_batches(self.name).get(v["id"], []), v["batch_id"])
+            rids = self.ledger.applied_batches(self.name).get(v["id"], [])
+            try:
+                self._finish_candidate(v, rids, v["batch_id"])
+            except Exception as exc:  # noqa: BLE001 — a restart must come up, whatever one candidate does
+                self._abandon(rids, v, exc)
             resumed.append(v["id"])
         # a crash between rejecting a candidate and re-queuing (or failing, or re-applying) its requests leaves
         # them ``applied`` to a version that is no longer a candidate, which nothing would ever finish
@@ -78,13 +88,13 @@ class Worker:
     def _purge_retired(self) -> None:
         """Retired versions still contain the deleted data: remove their files (keeping ``keep_retired``)."""
         keep = self.manager.config.keep_retired
-        retired = [v for v in self.ledger.versions(self.name, limit=1_000_000)
-                   if v["status"] in ("retired", "rejected")]
-        for i, v in enumerate(retired):  # newest first
-            if v["status"] == "retired" and i < keep:
+        old = [v for v in self.ledger.versions(self.name, limit=1_000_000) if v["status"] in ("retired", "rejected")]
+        kept = 0
+        for v in old:  # newest first
+            if v["status"] == "retired" and kept < keep:
+                kept += 1
                 continue
-            if Path(v["path"]).exists():
-                Path(v["path"]).unlink()
+            Path(v["path"]).unlink(missing_ok=True)
 
     def start(self) -> threading.Thread:
         self._thread = threading.Thread(target=self.loop, name="obliviate-worker", daemon=True)
@@ -108,6 +118,9 @@ class Worker:
         while not self._stop.is_set():
             try:
                 busy = self.step()
+            except _Blocked:
+                busy = False
+                self._wake.wait(self.poll_s * 20)  # the serving model is unreadable: an operator must look
             except Exception as exc:  # never let the thread die: record, back off, retry
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("worker step failed: %s\n%s", exc, traceback.format_exc())
@@ -125,9 +138,17 @@ class Worker:
 
     # -- one step -------------------------------------------------------------------------------------------
     def step(self) -> bool:
+        """One unit of work: a due scheduled retrain first (so steady traffic cannot postpone it forever), else
+        the next batch; when idle, anything an earlier step left unfinished (a database outage in mid-batch)."""
+        if self._maybe_retrain():
+            return True
         claimed = self.ledger.claim(self.name, self.manager.config.batch_max)
         if claimed is None:
-            return self._maybe_retrain()
+            counts = self.ledger.counts(self.name)
+            if counts.get("running") or counts.get("applied") or self.ledger.candidates(self.name):
+                self.recover()  # this process holds the deployment's lock: nothing else is running them
+                return True
+            return False
         self._process(claimed)
         self.processed_batches += 1
         return True
@@ -137,7 +158,13 @@ class Worker:
         version = None
         try:
             serving = self.ledger.serving(self.name)
-            state = self.manager.load(serving)
+            try:
+                state = self.manager.load(serving)
+            except Exception as exc:  # the service's fault, not the requests': they wait, and their attempt is void
+                self.last_error = f"serving version {serving['id']} unreadable: {exc}"
+                log.error("%s", self.last_error)
+                self.ledger.requeue(rids, self.last_error, refund=True)
+                raise _Blocked(self.last_error) from exc
             ids = np.unique(np.concatenate([np.asarray(i, dtype=np.int64) for i in claimed.ids]))
             new = np.setdiff1d(ids, state.deleted)
             if new.size == 0:
@@ -148,6 +175,8 @@ class Worker:
                                               cand.method, cand.guarantee, cand.n_deleted, claimed.batch_id,
                                               request_ids=rids)
             self._finish_candidate(version, rids, claimed.batch_id, before=state)
+        except _Blocked:
+            raise
         except Exception as exc:  # noqa: BLE001 — the batch must end in a recorded state whatever went wrong
             self._abandon(rids, version, exc)
 
@@ -162,12 +191,23 @@ class Worker:
         if version is not None and (self.ledger.version(version["id"]) or {}).get("status") == "candidate":
             self.ledger.reject(version["id"], reason)
         still_open = [r for r in (self.ledger.request(rid) for rid in rids) if r["status"] in OPEN]
-        retry = [r["id"] for r in still_open if not expected and r["attempts"] < MAX_ATTEMPTS]
+        if len(still_open) > 1:  # which request is at fault is unknown: each is retried alone
+            retry = [r["id"] for r in still_open if r["attempts"] < MAX_ATTEMPTS]
+        else:
+            retry = [r["id"] for r in still_open if not expected and r["attempts"] < MAX_ATTEMPTS]
         give_up = [r["id"] for r in still_open if r["id"] not in retry]
         if retry:
-            self.ledger.requeue(retry, reason)
+            self.ledger.requeue([r for r in retry if self.ledger.request(r)["status"] != "queued"], reason)
         if give_up:
-            self.ledger.fail(give_up, reason)
+            report = {"schema": "obliviate.run/1", "task": self.manager.task.name,
+                      "task_kind": self.manager.task.kind, "method": self.manager.method.name,
+                      "guarantee": self.manager.method.guarantee, "forget": {"spec": "failed request", "n": 0,
+                                                                             "sha256": sha256_text("")},
+                      "metrics": {}, "gap": {}, "avg_gap": None,
+                      "service": {"deployment": self.name, "requests": give_up, "checks": [], "passed": False,
+                                  "note": f"not deleted: {reason}"}}
+            path, sha = self._write_report(f"failed-{secrets.token_hex(6)}", report)
+            self.ledger.fail(give_up, reason, path, sha)
 
     def _noop(self, claimed: Claimed, serving: dict[str, Any]) -> None:
         """Every id was already deleted by earlier requests: nothing to train; the report says so."""
@@ -209,7 +249,8 @@ class Worker:
         failed = "; ".join(f"{c['check']} = {c['value']:.4g} > {c['threshold']:.4g}"
                            for c in report["service"]["checks"] if not c["passed"])
         self.ledger.reject(version["id"], f"verification failed: {failed}")
-        if rids and self.manager.config.fallback_retrain and not self.manager.method.trains_original:
+        if rids and self.manager.config.fallback_retrain and not self.manager.method.trains_original \
+                and version["method"] != "retrain":
             cand = self.manager.retrain(before, np.setdiff1d(after.deleted, before.deleted))
             fallback = self.ledger.add_version(self.name, cand.vid, cand.path, cand.sha256, serving["id"],
                                                cand.method, cand.guarantee, cand.n_deleted, batch_id,
@@ -225,14 +266,16 @@ class Worker:
         if self.manager.exact or every == 0:
             return False
         d = self.ledger.deployment(self.name)
-        if d is None or d["approx_since_exact"] < every:
-            return False
+        if d is None or d["approx_since_exact"] < every or self._retrain_rejected_at == d["serving_version"]:
+            return False  # not due, or this serving version's retrain was rejected: wait for the next deletion
         serving = self.ledger.serving(self.name)
         state = self.manager.load(serving)
         cand = self.manager.retrain(state)
         version = self.ledger.add_version(self.name, cand.vid, cand.path, cand.sha256, serving["id"], cand.method,
                                           cand.guarantee, cand.n_deleted, None)
         self._finish_candidate(version, [], None, before=state)
+        if self.ledger.version(version["id"])["status"] == "rejected":
+            self._retrain_rejected_at = serving["id"]
         return True
 
     def _write_report(self, stem: str, report: dict[str, Any]) -> tuple[str, str]:
