@@ -602,3 +602,19 @@ def test_one_serving_process_per_deployment(ledger_url):
     finally:
         first.close()
         second.close()
+
+
+def test_requests_and_idempotency_keys_are_scoped_per_deployment(ledger):
+    """A second deployment in the same ledger sees none of the first one's requests, and may reuse its keys."""
+    new_deployment(ledger)
+    ledger.create_deployment("hr", "digits", "finetune", "approximate", {}, "/models/hr")
+    mine, created = submit(ledger, [1], key="ticket-1", subject="employee-12")
+    theirs, created2 = ledger.submit("hr", [1], ids_sha([1]), None, "employee-12", "ticket-1", "other-body")
+    assert created and created2 and mine["id"] != theirs["id"]  # same key, different deployments: no 409
+    assert [r["id"] for r in ledger.requests(deployment=DEP)] == [mine["id"]]
+    assert [r["id"] for r in ledger.requests(deployment="hr", subject="employee-12")] == [theirs["id"]]
+    assert ledger.counts(DEP) == {"queued": 1} and ledger.counts() == {"queued": 2}
+    with pytest.raises(NotFound):
+        ledger.request(theirs["id"], DEP)
+    assert ledger.request(theirs["id"], "hr")["id"] == theirs["id"]
+    assert ledger.verify()["ok"]

@@ -197,6 +197,14 @@ BAD_POSTS = [
     ("key-twice", {"json": {"ids": [1], "idempotency_key": "k1"}, "headers": {"Idempotency-Key": "k2"}}, 422,
      r"idempotency key given twice"),
     ("subject-too-long", {"json": {"ids": [1], "subject": "s" * 257}}, 422, r"^subject: "),
+    ("id-bool", {"json": {"ids": [True]}}, 422, r"^ids\.0: .*integer"),
+    ("id-string-number", {"json": {"ids": ["5"]}}, 422, r"^ids\.0: .*integer"),
+    ("id-float-integral", {"json": {"ids": [5.0]}}, 422, r"^ids\.0: .*integer"),
+    ("spec-id-over-int64", {"json": {"spec": "ids:99999999999999999999"}}, 422, r"^spec: .*out of range"),
+    ("spec-id-negative-huge", {"json": {"spec": "ids:-99999999999999999999"}}, 422, r"^spec: .*out of range"),
+    ("subject-lone-surrogate", {"content": b'{"ids": [1], "subject": "\\ud800"}', "headers": JSON}, 422,
+     r"^subject: .*(unicode|UTF-8)"),
+    ("spec-lone-surrogate", {"content": b'{"spec": "class:\\udfff"}', "headers": JSON}, 422, r"^spec: .*(unicode|UTF-8)"),
 ]
 
 
@@ -447,3 +455,16 @@ def test_shared_server_logged_no_traceback(server, api):
     assert server.proc.poll() is None
     log = server.log_text()
     assert "Traceback" not in log and "ERROR" not in log, log[-6000:]
+
+
+def test_an_ids_spec_is_recorded_as_evidence_not_as_the_ids(server, api):
+    """``ids:31,32`` is the ids themselves: the ledger keeps their hash and count, like an ``ids`` list."""
+    r = api.post("/v1/deletions", json={"spec": "ids:31,32", "idempotency_key": "spec-ids-evidence"})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["spec"] is None and body["n_ids"] == 2
+    events = api.get("/v1/ledger/events", params={"limit": 1000}).json()["items"]
+    received = next(e for e in events if e["request_id"] == body["id"] and e["kind"] == "request.received")
+    assert received["payload"]["spec"] is None and not any("ids:" in str(v) for v in received["payload"].values())
+    assert api.post("/v1/deletions", json={"spec": "class:7", "idempotency_key": "spec-class"}).json()["spec"] == \
+        "class:7"

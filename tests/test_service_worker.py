@@ -461,3 +461,16 @@ def test_a_due_retrain_is_not_starved_by_new_requests(tmp_path):
         assert svc.ledger.request(svc.ledger.requests()[-1]["id"])["status"] == "queued"
     finally:
         svc.ledger.close()
+
+
+def test_a_model_dir_belongs_to_one_deployment(tmp_path):
+    shared = tmp_path / "models"
+    a = open_service(tmp_path / "a", model_dir=shared, values={"name": "a", "method": "finetune"})
+    a.close()
+    with pytest.raises(ObliviateError, match="not empty"):  # another deployment of another ledger
+        open_service(tmp_path / "b", model_dir=shared, values={"name": "b", "method": "finetune"})
+    with pytest.raises(ObliviateError, match="not empty"):  # another deployment of the same ledger
+        open_service(tmp_path / "a", model_dir=shared, values={"name": "c", "method": "finetune"})
+    again = open_service(tmp_path / "a", values={"name": "a"})  # the owner reopens it
+    assert again.ledger.serving("a") is not None
+    again.close()

@@ -50,6 +50,8 @@ def _parse_ints(text: str, what: str) -> list[int]:
     for t in items:
         if not re.fullmatch(r"[+-]?\d+", t):
             raise SpecError(f"{what}: {t!r} is not an integer id")
+        if len(t) > 18:  # beyond any training set, and beyond int64
+            raise SpecError(f"{what}: id {t[:24]}… out of range")
         out.append(int(t))
     return out
 

@@ -31,14 +31,19 @@ class Service:
     worker: Any
     recovered: dict[str, Any]
 
+    def close(self) -> None:
+        self.worker.stop()
+        self.ledger.close()
+
 
 def open_service(data_dir: str | Path | None = None, db: str | None = None, model_dir: str | Path | None = None,
                  values: dict[str, Any] | None = None, device: str = "cpu", recover: bool = True,
-                 lock: bool = False) -> Service:
+                 lock: bool | None = None) -> Service:
     """Open (or create) the ledger and the deployment, train its first version when there is none, and resume
     whatever a previous process left unfinished. ``values``: DeploymentConfig fields the user gave; for an existing
-    deployment they must agree with the recorded ones. ``lock=True`` (``obliviate serve``) refuses to run beside
-    another process serving the same deployment from the same ledger."""
+    deployment they must agree with the recorded ones. ``lock`` (default: whenever ``recover``) refuses to run beside
+    another process serving the same deployment from the same ledger — recovery would re-queue its running batch;
+    :meth:`Service.close` releases it."""
     from obliviate.ledger.deployment import DeploymentConfig, ModelManager, config_dict, deployment_config
     from obliviate.ledger.store import Ledger, sqlite_url
     from obliviate.ledger.worker import Worker
@@ -48,6 +53,8 @@ def open_service(data_dir: str | Path | None = None, db: str | None = None, mode
     ModelManager(deployment_config(values), data_dir, device=device)  # bad settings fail before anything is written
     ledger = Ledger(db or sqlite_url(data_dir / "ledger.sqlite"))
     name = values.get("name", DeploymentConfig.name)
+    if lock is None:
+        lock = recover
     if lock:
         try:
             ledger.lock_worker(name)
@@ -74,13 +81,37 @@ def open_service(data_dir: str | Path | None = None, db: str | None = None, mode
         mdir = Path(model_dir) if model_dir is not None else data_dir / "models" / cfg.name
     try:
         manager = ModelManager(cfg, mdir, device=device)
+        if stored is None and mdir.is_dir() and any(mdir.iterdir()):
+            raise ObliviateError(f"model dir {mdir} is not empty; a new deployment needs its own --model-dir")
+        if stored is not None:
+            _claim_model_dir(mdir, stored)
     except ObliviateError:
         ledger.close()
         raise
     if stored is None:
-        ledger.create_deployment(cfg.name, cfg.task, cfg.method, manager.method.guarantee, config_dict(cfg),
-                                 str(mdir.resolve()))
+        stored = ledger.create_deployment(cfg.name, cfg.task, cfg.method, manager.method.guarantee,
+                                          config_dict(cfg), str(mdir.resolve()))
+        _claim_model_dir(mdir, stored)
     worker = Worker(ledger, manager)
     worker.ensure_initial()
     recovered = worker.recover() if recover else {}
     return Service(ledger, manager, worker, recovered)
+
+
+def _claim_model_dir(model_dir: Path, deployment: dict[str, Any]) -> None:
+    """A model directory belongs to one deployment: the worker deletes version files its ledger never recorded, so a
+    second deployment (of this or another ledger) there would delete the first one's models."""
+    from obliviate.ledger.deployment import atomic_write_bytes
+
+    marker = model_dir / "deployment.json"
+    mine = {"deployment": deployment["name"], "created_at": deployment["created_at"]}
+    if not marker.is_file():
+        atomic_write_bytes(marker, (json.dumps(mine, indent=2) + "\n").encode())
+        return
+    try:
+        theirs = json.loads(marker.read_text())
+    except ValueError:
+        raise ObliviateError(f"{marker} is not valid JSON; is {model_dir} an obliviate model directory?") from None
+    if theirs != mine:
+        raise ObliviateError(f"model dir {model_dir} belongs to deployment {theirs.get('deployment')!r} created "
+                             f"{theirs.get('created_at')}; give this deployment its own --model-dir")

@@ -18,7 +18,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from obliviate.errors import ObliviateError
@@ -36,7 +36,7 @@ class DeletionIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"ids": [4, 8, 15], "subject": "customer-4711", "idempotency_key": "ticket-123"}]})
-    ids: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(
+    ids: list[Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]] | None = Field(
         None, min_length=1, max_length=MAX_IDS, description="training example ids to delete")
     spec: str | None = Field(None, min_length=1, max_length=200,
                              description="a forget spec (class:3, random:50, target<=30, ids:4,8)")
@@ -206,8 +206,11 @@ def create_app(ledger: Ledger, manager: ModelManager, worker=None, token: str | 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError):
         errors = exc.errors()
-        return JSONResponse(status_code=422, content={"detail": _one_line(errors), "errors": json.loads(
-            json.dumps(errors, default=str))})
+        # only where and what: echoing ``input`` back would return up to the whole body, lone surrogates included
+        brief = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                 for e in errors]
+        return JSONResponse(status_code=422, content={"detail": _one_line(errors).encode("utf-8", "replace").decode(),
+                                                      "errors": brief})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -230,7 +233,10 @@ def create_app(ledger: Ledger, manager: ModelManager, worker=None, token: str | 
                 request = resolve(spec, task, manager.config.seed)
             except ObliviateError as exc:
                 raise HTTPException(422, f"spec: {exc}") from None
-            return request.ids.tolist(), spec
+            if request.n > MAX_IDS:
+                raise HTTPException(422, f"spec: selects {request.n} examples; at most {MAX_IDS} per request")
+            # an ids: spec is the ids themselves, which the ledger must not keep: record it like an ids list
+            return request.ids.tolist(), None if spec.startswith("ids:") else spec
         ids = np.unique(np.asarray(body.ids, dtype=np.int64))
         bad = ids[ids >= task.n_train]
         if bad.size:
@@ -251,7 +257,7 @@ def create_app(ledger: Ledger, manager: ModelManager, worker=None, token: str | 
         served = ledger.serving(deployment)
         return {"deployment": deployment, "task": manager.config.task, "method": manager.config.method,
                 "guarantee": manager.method.guarantee, "serving_version": served["id"] if served else None,
-                "requests": ledger.counts(),
+                "requests": ledger.counts(deployment),
                 "worker": None if worker is None else {"running": worker.running, "batches": worker.processed_batches,
                                                        "last_error": worker.last_error}}
 
@@ -288,7 +294,7 @@ def create_app(ledger: Ledger, manager: ModelManager, worker=None, token: str | 
                        status: Annotated[Literal[STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
                        subject: Annotated[str | None, Query(min_length=1, max_length=256)] = None):
         """Requests in arrival order, ``limit`` per page; ``next_cursor`` continues."""
-        rows = ledger.requests(limit=limit + 1, after=cursor, status=status, subject=subject)
+        rows = ledger.requests(limit=limit + 1, after=cursor, status=status, subject=subject, deployment=deployment)
         more = len(rows) > limit
         rows = rows[:limit]
         return {"items": [_public(r) for r in rows], "next_cursor": rows[-1]["seq"] if more else None}
@@ -297,7 +303,7 @@ def create_app(ledger: Ledger, manager: ModelManager, worker=None, token: str | 
         if not re.fullmatch(r"del_[0-9a-f]{20}", rid):
             raise HTTPException(404, f"no deletion request {rid!r}")
         try:
-            return ledger.request(rid)
+            return ledger.request(rid, deployment)
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from None
 

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError
 from sqlalchemy.orm import Session
 
 from obliviate.errors import ObliviateError
@@ -104,7 +104,7 @@ class Ledger:
                 self.migrate()
             else:
                 self._check_schema()
-        except OperationalError as exc:
+        except DatabaseError as exc:  # unreachable server, a file that is not a database, ...
             raise LedgerError(f"cannot open the ledger at {_safe_url(url)}: {str(exc.orig).strip().splitlines()[0]}") \
                 from None
 
