@@ -618,3 +618,22 @@ def test_requests_and_idempotency_keys_are_scoped_per_deployment(ledger):
         ledger.request(theirs["id"], DEP)
     assert ledger.request(theirs["id"], "hr")["id"] == theirs["id"]
     assert ledger.verify()["ok"]
+
+
+def test_a_request_the_worker_keeps_dying_under_is_dead_lettered(ledger):
+    """recover() re-queues a running request after each crash, and after MAX_CRASHES closes it as failed."""
+    from obliviate.ledger.store import MAX_CRASHES
+
+    new_deployment(ledger)
+    rid = submit(ledger, [4])[0]["id"]
+    for crash in range(1, MAX_CRASHES + 1):
+        claimed = ledger.claim(DEP, 10)
+        assert [r["id"] for r in claimed.requests] == [rid] and claimed.requests[0]["attempts"] == crash
+        out = ledger.recover(DEP)  # the process died mid-batch; this is the restart
+        if crash < MAX_CRASHES:
+            assert out["requeued"] == [rid] and ledger.request(rid)["status"] == "queued"
+    assert out["failed"] == [rid]
+    r = ledger.request(rid)
+    assert r["status"] == "failed" and f"stopped {MAX_CRASHES} times" in r["error"]
+    assert ledger.claim(DEP, 10) is None
+    assert ledger.verify()["ok"]

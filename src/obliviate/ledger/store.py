@@ -31,7 +31,8 @@ OPEN = ("queued", "running", "applied")
 # the state machine: a closed request (verified, failed) never changes again
 TRANSITIONS = {"queued": {"running", "failed"}, "running": {"queued", "applied", "failed"},
                "applied": {"applied", "verified", "failed", "queued"}, "verified": set(), "failed": set()}
-MAX_ATTEMPTS = 3  # a request whose batch crashed or errored this many times fails instead of being retried
+MAX_ATTEMPTS = 3  # a request whose batch raised this many times fails (with the error) instead of being retried
+MAX_CRASHES = 5  # a request the worker process died under this many times fails: it would crash every restart
 
 
 class LedgerError(ObliviateError):
@@ -465,8 +466,8 @@ class Ledger:
         with self.write() as s:
             rows = s.execute(sa.select(DeletionRequest).where(DeletionRequest.deployment == deployment,
                                                               DeletionRequest.status == "running")).scalars().all()
-            failed = [r for r in rows if r.attempts >= MAX_ATTEMPTS]
-            rows = [r for r in rows if r.attempts < MAX_ATTEMPTS]
+            failed = [r for r in rows if r.attempts >= MAX_CRASHES]
+            rows = [r for r in rows if r.attempts < MAX_CRASHES]
             for r in failed:  # the process died under this request every time: it would kill every restart
                 error = f"the worker stopped {r.attempts} times while applying this request"
                 self._set_status(s, r, "failed", {"error": error, "report_sha256": None}, error=error,
