@@ -32,9 +32,6 @@ import os
 import platform
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,65 +42,13 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from service_fixtures import RestartableServer  # noqa: E402  (the kill -9 test's server wrapper)
 OUT = REPO / "benchmarks" / "results"
 TOKEN = "bench-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SETTINGS = ["verify_oracle=false", "batch_max=32", "shards=2", "slices=1"]
 N_IDS = 1400  # digits: 1437 training examples
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, data: Path, db: str | None):
-        self.data, self.db = data, db
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self, timeout: float = 180) -> float:
-        self.starts += 1
-        cmd = [sys.executable, "-m", "obliviate", "serve", "--data-dir", str(self.data), "--port", str(self.port),
-               "--quiet"]
-        cmd += ["--db", self.db] if self.db else []
-        for s in SETTINGS:
-            cmd += ["--set", s]
-        env = {**os.environ, "OBLIVIATE_API_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
-        log = open(self.data.parent / f"serve-{self.starts}.log", "wb")
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"obliviate serve exited with {self.proc.returncode}: "
-                                   + (self.data.parent / f"serve-{self.starts}.log").read_text()[-2000:])
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
-                    return time.monotonic() - t0
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"obliviate serve did not come up in {timeout} s")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 def body(rng: random.Random, key: str) -> dict:
@@ -151,7 +96,7 @@ def throughput(base: str, clients: int, per_client: int, prefix: str) -> dict:
             "p50_ms": 1e3 * pct(all_lat, 50), "p99_ms": 1e3 * pct(all_lat, 99), "max_ms": 1e3 * max(all_lat)}
 
 
-def kill_run(srv: Server, clients: int, per_client: int, prefix: str, at: float = 0.4,
+def kill_run(srv: RestartableServer, clients: int, per_client: int, prefix: str, at: float = 0.4,
              deadline_s: float = 300) -> dict:
     """C clients × K POSTs; SIGKILL once ``at`` of them are answered, restart; failed POSTs retried with their
     idempotency key until answered. Returns the client-side record; the ledger check is done by the caller."""
@@ -250,7 +195,7 @@ def check_ledger(url: str, prefix: str, accepted: dict[str, str]) -> dict:
 def run_backend(name: str, db: str | None, args) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"obliviate-bench-{name}-"))
     data = work / "data"
-    srv = Server(data, db)
+    srv = RestartableServer(data, db, SETTINGS, TOKEN, work)
     try:
         first_start = srv.start()
         load = throughput(srv.base, args.clients, args.per_client, f"{name}-load")
@@ -362,7 +307,6 @@ def main() -> None:
         if name == "sqlite":
             results.append(run_backend(name, None, args))
         elif name == "postgresql":
-            sys.path.insert(0, str(REPO / "tests"))
             from pgserver import drop_database, fresh_database, postgres_url
 
             server = args.pg_url or postgres_url()

@@ -105,6 +105,70 @@ def start_server(data_dir: Path, *extra: str, token: str | None = None, insecure
     raise RuntimeError(f"obliviate serve did not come up; its output:\n{last[-4000:]}")
 
 
+class RestartableServer:
+    """``obliviate serve`` as a subprocess that can be SIGKILLed and restarted on the same data dir and port (the
+    kill -9 test and the load benchmark)."""
+
+    def __init__(self, data: Path, db: str | None, settings, token: str, logs: Path):
+        self.data, self.db, self.settings, self.token, self.logs = Path(data), db, list(settings), token, Path(logs)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.log_path: Path | None = None
+
+    def spawn(self) -> None:
+        self.starts += 1
+        self.log_path = self.logs / f"serve-{self.starts}.log"
+        args = ["--data-dir", self.data, "--port", self.port, "--quiet", *(["--db", self.db] if self.db else []),
+                *[a for s in self.settings for a in ("--set", s)]]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(serve_cmd(*args), stdout=log, stderr=subprocess.STDOUT,
+                                         env=serve_env(self.token))
+
+    def start(self, timeout: float = 120) -> float:
+        """Spawn and wait until ``/healthz`` answers (after the restart's recovery); return the seconds taken."""
+        t0 = time.monotonic()
+        self.spawn()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"obliviate serve exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
+                    return time.monotonic() - t0
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"obliviate serve did not come up in {timeout} s:\n{self.log()}")
+
+    def wait_file(self, path: Path, timeout: float = 60) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if path.exists():
+                return True
+            time.sleep(0.005)
+        return False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM: uvicorn shuts down, the worker thread is joined)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
+
+
 # -- talking to it ----------------------------------------------------------------------------------------------
 def counts(client: httpx.Client) -> dict[str, int]:
     """Requests (by status, from /v1/status) and ledger events (from /v1/ledger/verify)."""

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +28,7 @@ import pytest
 from obliviate.ledger.deployment import read_metadata
 from obliviate.ledger.store import Ledger, sqlite_url
 from obliviate.requests import ids_sha256
+from service_fixtures import RestartableServer
 
 TOKEN = "crash-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -38,78 +36,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SETTINGS = ["verify_oracle=false", "batch_max=3", "shards=2", "slices=1"]
 N_IDS = 1400  # digits has 1437 training examples
 FAST = {"verify_oracle": False, "method_config": {"shards": 2, "slices": 1}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``obliviate serve`` as a subprocess that can be SIGKILLed and restarted on the same data dir and port."""
-
-    def __init__(self, data: Path, db: str | None, logs: Path):
-        self.data, self.db, self.logs = data, db, logs
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-        self.log_path: Path | None = None
-
-    def spawn(self) -> None:
-        self.starts += 1
-        self.log_path = self.logs / f"serve-{self.starts}.log"
-        cmd = [sys.executable, "-m", "obliviate", "serve", "--data-dir", str(self.data), "--port", str(self.port)]
-        if self.db:
-            cmd += ["--db", self.db]
-        for s in SETTINGS:
-            cmd += ["--set", s]
-        env = {**os.environ, "OBLIVIATE_API_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    def start(self, timeout: float = 120) -> float:
-        """Spawn and wait until ``/healthz`` answers (after the restart's recovery); returns the seconds taken."""
-        t0 = time.monotonic()
-        self.spawn()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                pytest.fail(f"obliviate serve exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
-                    return time.monotonic() - t0
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.kill()
-        pytest.fail(f"obliviate serve did not come up in {timeout} s:\n{self.log()}")
-
-    def wait_file(self, path: Path, timeout: float = 60) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if path.exists():
-                return True
-            time.sleep(0.005)
-        return False
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        """Graceful stop (SIGTERM: uvicorn shuts down, the worker thread is joined)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
 
 
 class Clients:
@@ -229,7 +155,7 @@ def db(request):
 def test_kill_9_at_any_moment_loses_no_request_and_applies_each_exactly_once(tmp_path, db):
     t_start = time.monotonic()
     data = tmp_path / "data"
-    srv = Server(data, db, tmp_path)
+    srv = RestartableServer(data, db, SETTINGS, TOKEN, tmp_path)
     rng = random.Random(20261128)
     cl = Clients(srv.base, rng)
     kills: list[dict] = []

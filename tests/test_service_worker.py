@@ -17,7 +17,6 @@ from obliviate.errors import IntegrityError, ObliviateError
 from obliviate.ledger import open_service
 from obliviate.ledger.deployment import ModelManager, deployment_config, read_metadata
 from obliviate.ledger.store import Ledger
-from obliviate.ledger.worker import Worker
 from obliviate.requests import ids_sha256
 
 FAST_SISA = {"method_config": {"shards": 2, "slices": 2}, "verify_oracle": False}
@@ -29,6 +28,17 @@ def submit(svc, ids, key=None, subject=None):
     req, _ = svc.ledger.submit(svc.manager.config.name, ids, ids_sha256(np.array(ids)), None, subject, key,
                                f"body-{key}-{ids}")
     return req["id"]
+
+
+def applied_candidate(svc, rid, ids):
+    """The state a crash after the worker recorded its candidate leaves: the batch taken, the new version file
+    written and recorded, the request ``applied`` — but not yet verified or served."""
+    claimed = svc.ledger.claim(svc.manager.config.name, 10)
+    serving = svc.ledger.serving(svc.manager.config.name)
+    cand = svc.manager.apply(svc.manager.load(serving), np.array(ids))
+    svc.ledger.add_version(svc.manager.config.name, cand.vid, cand.path, cand.sha256, serving["id"], cand.method,
+                           cand.guarantee, cand.n_deleted, claimed.batch_id, request_ids=[rid])
+    return cand
 
 
 def events(ledger: Ledger, kind: str | None = None) -> list[dict]:
@@ -132,11 +142,7 @@ def test_crash_after_claim_requeues_and_applies_exactly_once(sisa):
 
 def test_crash_after_apply_resumes_with_verification_of_the_recorded_candidate(sisa):
     rid = submit(sisa, [7], key="k")
-    claimed = sisa.ledger.claim("digits", 10)
-    serving = sisa.ledger.serving("digits")
-    cand = sisa.manager.apply(sisa.manager.load(serving), np.array([7]))
-    sisa.ledger.add_version("digits", cand.vid, cand.path, cand.sha256, serving["id"], cand.method, cand.guarantee,
-                            cand.n_deleted, claimed.batch_id, request_ids=[rid])
+    cand = applied_candidate(sisa, rid, [7])
     assert sisa.ledger.request(rid)["status"] == "applied"
     sisa.ledger.close()
     svc = open_service(sisa.manager.model_dir.parent.parent)
@@ -153,11 +159,8 @@ def test_crash_after_apply_resumes_with_verification_of_the_recorded_candidate(s
 
 def test_a_corrupted_candidate_is_rejected_and_its_requests_requeued(sisa):
     rid = submit(sisa, [8], key="k")
-    claimed = sisa.ledger.claim("digits", 10)
     serving = sisa.ledger.serving("digits")
-    cand = sisa.manager.apply(sisa.manager.load(serving), np.array([8]))
-    sisa.ledger.add_version("digits", cand.vid, cand.path, cand.sha256, serving["id"], cand.method, cand.guarantee,
-                            cand.n_deleted, claimed.batch_id, request_ids=[rid])
+    cand = applied_candidate(sisa, rid, [8])
     blob = bytearray(Path(cand.path).read_bytes())
     blob[-1] ^= 0xFF
     Path(cand.path).write_bytes(bytes(blob))
@@ -402,11 +405,7 @@ def test_an_unreadable_serving_model_blocks_without_failing_requests(sisa):
 
 def test_recovery_survives_a_candidate_that_cannot_be_verified(sisa, monkeypatch):
     rid = submit(sisa, [9], key="k")
-    claimed = sisa.ledger.claim("digits", 10)
-    serving = sisa.ledger.serving("digits")
-    cand = sisa.manager.apply(sisa.manager.load(serving), np.array([9]))
-    sisa.ledger.add_version("digits", cand.vid, cand.path, cand.sha256, serving["id"], cand.method, cand.guarantee,
-                            cand.n_deleted, claimed.batch_id, request_ids=[rid])
+    cand = applied_candidate(sisa, rid, [9])
     monkeypatch.setattr(sisa.manager, "verify", lambda *a, **k: (_ for _ in ()).throw(MemoryError("out of memory")))
     out = sisa.worker.recover()  # must not raise: the service has to come up
     assert out["candidates_resumed"] == [cand.vid]
