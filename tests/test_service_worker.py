@@ -473,3 +473,18 @@ def test_a_model_dir_belongs_to_one_deployment(tmp_path):
     again = open_service(tmp_path / "a", values={"name": "a"})  # the owner reopens it
     assert again.ledger.serving("a") is not None
     again.close()
+
+
+def test_a_crashing_scheduled_retrain_does_not_block_deletions(tmp_path, monkeypatch):
+    svc = open_service(tmp_path, values=dict(FINETUNE, retrain_every=1, verify_oracle=False))
+    try:
+        monkeypatch.setattr(svc.manager, "retrain", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full")))
+        a = submit(svc, [1], key="a")
+        svc.worker.run_until_idle(max_steps=20)
+        b = submit(svc, [2], key="b")
+        assert svc.worker.run_until_idle(max_steps=20) < 20
+        assert [svc.ledger.request(r)["status"] for r in (a, b)] == ["verified", "verified"]
+        assert "scheduled retrain failed" in svc.worker.last_error
+        assert svc.ledger.serving("ft")["method"] == "finetune" and svc.ledger.verify()["ok"]
+    finally:
+        svc.close()

@@ -130,7 +130,7 @@ class Worker:
                 self._wake.clear()
 
     def run_until_idle(self, max_steps: int = 1000) -> int:
-        """Process until nothing is queued and no retrain is due (tests and `obliviate serve --drain`)."""
+        """Process until nothing is queued and no retrain is due (tests, benchmarks, scripts)."""
         steps = 0
         while steps < max_steps and self.step():
             steps += 1
@@ -261,20 +261,30 @@ class Worker:
             self.ledger.fail(rids, f"verification failed: {failed}", path, sha)
 
     def _maybe_retrain(self) -> bool:
-        """The scheduled full retrain once ``retrain_every`` approximate deletions have been served."""
+        """The scheduled full retrain once ``retrain_every`` approximate deletions have been served. (SISA/S3T are
+        exact already; certified removal retrains its own system when its budget runs out.)"""
         every = self.manager.config.retrain_every
-        if self.manager.exact or every == 0:
+        if self.manager.method.trains_original or every == 0:
             return False
         d = self.ledger.deployment(self.name)
         if d is None or d["approx_since_exact"] < every or self._retrain_rejected_at == d["serving_version"]:
-            return False  # not due, or this serving version's retrain was rejected: wait for the next deletion
+            return False  # not due, or this serving version's retrain failed: wait for the next deletion
         serving = self.ledger.serving(self.name)
-        state = self.manager.load(serving)
-        cand = self.manager.retrain(state)
-        version = self.ledger.add_version(self.name, cand.vid, cand.path, cand.sha256, serving["id"], cand.method,
-                                          cand.guarantee, cand.n_deleted, None)
-        self._finish_candidate(version, [], None, before=state)
-        if self.ledger.version(version["id"])["status"] == "rejected":
+        version = None
+        try:
+            state = self.manager.load(serving)
+            cand = self.manager.retrain(state)
+            version = self.ledger.add_version(self.name, cand.vid, cand.path, cand.sha256, serving["id"],
+                                              cand.method, cand.guarantee, cand.n_deleted, None)
+            self._finish_candidate(version, [], None, before=state)
+            failed = self.ledger.version(version["id"])["status"] == "rejected"
+        except Exception as exc:  # noqa: BLE001 — a failing retrain must not block the deletions behind it
+            self.last_error = f"scheduled retrain failed: {type(exc).__name__}: {exc}"
+            log.error("%s\n%s", self.last_error, traceback.format_exc())
+            if version is not None and self.ledger.version(version["id"])["status"] == "candidate":
+                self.ledger.reject(version["id"], self.last_error)
+            failed = True
+        if failed:
             self._retrain_rejected_at = serving["id"]
         return True
 
