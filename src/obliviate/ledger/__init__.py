@@ -8,6 +8,7 @@ and the REST API (:mod:`~obliviate.ledger.service`). :func:`open_service` wires 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -44,15 +45,17 @@ def open_service(data_dir: str | Path | None = None, db: str | None = None, mode
     deployment they must agree with the recorded ones. ``lock`` (default: whenever ``recover``) refuses to run beside
     another process serving the same deployment from the same ledger — recovery would re-queue its running batch;
     :meth:`Service.close` releases it."""
-    from obliviate.ledger.deployment import DeploymentConfig, ModelManager, config_dict, deployment_config
+    from obliviate.ledger.deployment import DeploymentConfig, ModelManager, deployment_config
     from obliviate.ledger.store import Ledger, sqlite_url
     from obliviate.ledger.worker import Worker
 
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     values = dict(values or {})
-    ModelManager(deployment_config(values), data_dir, device=device)  # bad settings fail before anything is written
-    ledger = Ledger(db or sqlite_url(data_dir / "ledger.sqlite"))
     name = values.get("name", DeploymentConfig.name)
+    # bad settings fail before anything is written; for a new deployment this is also the manager it gets
+    probe = ModelManager(deployment_config(values),
+                         Path(model_dir) if model_dir is not None else data_dir / "models" / name, device=device)
+    ledger = Ledger(db or sqlite_url(data_dir / "ledger.sqlite"))
     if lock is None:
         lock = recover
     if lock:
@@ -64,7 +67,7 @@ def open_service(data_dir: str | Path | None = None, db: str | None = None, mode
     stored = ledger.deployment(name)
     if stored is not None:
         recorded = stored["config"]
-        given = config_dict(deployment_config(values))
+        given = dataclasses.asdict(deployment_config(values))
         clash = sorted(k for k in values if given.get(k) != recorded.get(k))
         if clash:
             ledger.close()
@@ -80,7 +83,8 @@ def open_service(data_dir: str | Path | None = None, db: str | None = None, mode
         cfg = deployment_config(values)
         mdir = Path(model_dir) if model_dir is not None else data_dir / "models" / cfg.name
     try:
-        manager = ModelManager(cfg, mdir, device=device)
+        same = cfg == probe.config and mdir.resolve() == probe.model_dir
+        manager = probe if same else ModelManager(cfg, mdir, device=device)
         if stored is None and mdir.is_dir() and any(mdir.iterdir()):
             raise ObliviateError(f"model dir {mdir} is not empty; a new deployment needs its own --model-dir")
         if stored is not None:
@@ -90,7 +94,7 @@ def open_service(data_dir: str | Path | None = None, db: str | None = None, mode
         raise
     if stored is None:
         stored = ledger.create_deployment(cfg.name, cfg.task, cfg.method, manager.method.guarantee,
-                                          config_dict(cfg), str(mdir.resolve()))
+                                          dataclasses.asdict(cfg), str(mdir.resolve()))
         _claim_model_dir(mdir, stored)
     worker = Worker(ledger, manager)
     worker.ensure_initial()

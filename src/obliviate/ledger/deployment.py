@@ -7,9 +7,9 @@ written atomically (temp file, fsync, rename, fsync of the directory); a version
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
+import re
 import secrets
 import struct
 import tempfile
@@ -68,8 +68,6 @@ class DeploymentConfig:
 
 def deployment_config(values: dict[str, Any]) -> DeploymentConfig:
     cfg = build_config(DeploymentConfig, values)
-    import re
-
     if not re.match(NAME_PATTERN, cfg.name):
         raise ConfigError(f"deployment name {cfg.name!r}: use 1-64 letters, digits, '_', '.', '-' (no paths)")
     return cfg
@@ -94,8 +92,6 @@ class Candidate:
     method: str
     guarantee: str
     n_deleted: int
-    cost: dict[str, Any] | None = None
-    unlearn_s: float = 0.0
 
 
 def new_version_id(prefix: str = "v") -> str:
@@ -155,10 +151,6 @@ class ModelManager:
         self.runtime = Runtime(device=self.device, executor="serial")
 
     @property
-    def exact(self) -> bool:
-        return self.method.guarantee == "exact"
-
-    @property
     def n_train(self) -> int:
         return self.task.n_train
 
@@ -213,7 +205,6 @@ class ModelManager:
         from obliviate.oracle import train_original
 
         vid = new_version_id()
-        start = time.perf_counter()
         none = np.zeros(0, dtype=np.int64)
         if self.method.trains_original:
             system = self.method.fit(self.task, np.arange(self.n_train), self.recipe, self.config.seed,
@@ -225,7 +216,7 @@ class ModelManager:
                                       ModelStore(enabled=False))
             path, sha = self._save_model(vid, model, none, "train")
             method, guarantee = "train", "exact"
-        return Candidate(vid, path, sha, method, guarantee, 0, unlearn_s=time.perf_counter() - start)
+        return Candidate(vid, path, sha, method, guarantee, 0)
 
     def alive(self, deleted: np.ndarray) -> np.ndarray:
         return np.setdiff1d(np.arange(self.n_train), deleted)
@@ -250,8 +241,7 @@ class ModelManager:
             path, sha = self._save_system(vid, state.system, deleted, cost=cost, unlearn_s=seconds)
         else:
             path, sha = self._save_model(vid, model, deleted, self.method.name, unlearn_s=seconds)
-        return Candidate(vid, path, sha, self.method.name, self.method.guarantee, int(deleted.size),
-                         cost=cost, unlearn_s=seconds)
+        return Candidate(vid, path, sha, self.method.name, self.method.guarantee, int(deleted.size))
 
     def retrain(self, state: VersionState, new_ids: np.ndarray | None = None) -> Candidate:
         """A full retrain on every remaining example (exact): the scheduled replacement of approximately
@@ -266,7 +256,7 @@ class ModelManager:
                                 ModelStore(enabled=False), "retrain")
         seconds = time.perf_counter() - start
         path, sha = self._save_model(vid, model, deleted, "retrain", unlearn_s=seconds)
-        return Candidate(vid, path, sha, "retrain", "exact", int(deleted.size), unlearn_s=seconds)
+        return Candidate(vid, path, sha, "retrain", "exact", int(deleted.size))
 
     # -- verification --------------------------------------------------------------------------------------------
     def verify(self, before: VersionState, after: VersionState, version: dict[str, Any],
@@ -367,11 +357,3 @@ class ModelManager:
         return state.system.verify(self.runtime)
 
 
-def report_html(report: dict[str, Any]) -> str:
-    from obliviate.report import render_run_html
-
-    return render_run_html(report)
-
-
-def config_dict(cfg: DeploymentConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from obliviate.errors import IntegrityError, ObliviateError
-from obliviate.ledger.deployment import ModelManager, VersionState, atomic_write_bytes, report_html
+from obliviate.ledger.deployment import ModelManager, VersionState, atomic_write_bytes
 from obliviate.ledger.store import MAX_ATTEMPTS, OPEN, Claimed, Ledger, LedgerError, sha256_text
 
 log = logging.getLogger("obliviate.worker")
@@ -289,11 +289,11 @@ class Worker:
         return True
 
     def _write_report(self, stem: str, report: dict[str, Any]) -> tuple[str, str]:
-        from obliviate.report import _clean
+        from obliviate.report import _clean, render_run_html
 
         text = json.dumps(_clean(report), indent=2, default=str) + "\n"
         path = self.manager.reports_dir / f"{stem}.json"
         atomic_write_bytes(path, text.encode())
-        atomic_write_bytes(self.manager.reports_dir / f"{stem}.html", report_html(report).encode())
+        atomic_write_bytes(self.manager.reports_dir / f"{stem}.html", render_run_html(report).encode())
         return str(path), sha256_text(text)
 
