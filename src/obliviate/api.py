@@ -146,7 +146,6 @@ def _context(task: Task, method: Method, original: torch.nn.Module, request: For
 
 def _language_context(task, method, original, forget_ids, retain_ids, recipe, seed, device, runtime):
     """A language method's data: the (prompt, completion) sequences of the forget and retain records."""
-    recs = task.data.train
     needs = method.needs
     model = copy.deepcopy(original).to(device)
     for p in model.parameters():
@@ -155,8 +154,8 @@ def _language_context(task, method, original, forget_ids, retain_ids, recipe, se
         task=task, model=model, original=original.to(device) if "original" in needs else None,
         x_forget=None, y_forget=None, x_retain=None, y_retain=None, forget_ids=forget_ids, retain_ids=retain_ids,
         recipe=recipe, seed=seed, device=device, runtime=runtime, tokenizer=task.tokenizer(),
-        forget_pairs=[s for i in forget_ids for s in recs[int(i)].sequences()],
-        retain_pairs=[s for i in retain_ids for s in recs[int(i)].sequences()] if "retain" in needs else None)
+        forget_pairs=[s for i in forget_ids for s in task.sequences(int(i))],
+        retain_pairs=[s for i in retain_ids for s in task.sequences(int(i))] if "retain" in needs else None)
 
 
 def _evaluate(task, model, forget_ids, retain_ids, seed, device, per_example: bool, reference=None):
@@ -200,7 +199,7 @@ def _check_finite(model: torch.nn.Module, task: Task, request: ForgetRequest, me
         if task.kind == "language":
             from obliviate.lm import score
 
-            pairs = [s for i in request.ids[:8] for s in task.data.train[int(i)].sequences()][:16]
+            pairs = [s for i in request.ids[:8] for s in task.sequences(int(i))][:16]
             out = score(model, task.tokenizer(), pairs, dev).nll_sum
         else:
             out = predict(model, task.data.x_train[request.ids[:256]], dev)

@@ -42,20 +42,40 @@ def max_length(model) -> int:
     return int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or 1024)
 
 
-def encode(tokenizer, prompt: str, completion: str, limit: int, eos: bool = True) -> Encoded:
+def encode_chunks(tokenizer, prompt: str, completion: str, limit: int, eos: bool = True) -> list[Encoded]:
     """BOS + prompt + completion (+ EOS), tokenised separately so the completion's tokens never merge with the
-    prompt's; cut to ``limit`` tokens."""
+    prompt's, as sequences of at most ``limit`` tokens — nothing is silently dropped:
+
+    - a document (empty prompt) longer than ``limit`` is cut into consecutive chunks of ``limit`` − 1 tokens,
+      each after its own BOS (MUSE's chunking, swj0419/muse_bench ``baselines/dataset.py``), so every token is
+      trained on and scored once;
+    - a QA pair keeps its whole completion and loses the start of its prompt (the question's tail and the
+      answer stay adjacent); a completion longer than the context itself is chunked like a document.
+    """
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    p = bos + (tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
     c = tokenizer(completion, add_special_tokens=False)["input_ids"] if completion else []
     if eos and tokenizer.eos_token_id is not None:
         c = c + [tokenizer.eos_token_id]
-    ids = (p + c)[:limit]
-    return Encoded(ids, min(len(p), len(ids)))
+    if len(bos) + len(p) + len(c) <= limit:
+        return [Encoded(bos + p + c, len(bos) + len(p))]
+    room = limit - len(bos)
+    if room < 1:
+        raise ValueError(f"a context of {limit} tokens leaves no room after the BOS token")
+    if len(c) < room:  # keep the answer, cut the question from the left
+        keep = p[len(p) - (room - len(c)):]
+        return [Encoded(bos + keep + c, len(bos) + len(keep))]
+    return [Encoded(bos + c[i:i + room], len(bos)) for i in range(0, len(c), room)]
+
+
+def encode(tokenizer, prompt: str, completion: str, limit: int, eos: bool = True) -> Encoded:
+    """The first sequence of :func:`encode_chunks` (a pair that fits is one sequence)."""
+    return encode_chunks(tokenizer, prompt, completion, limit, eos)[0]
 
 
 def encode_all(tokenizer, pairs: Sequence[Pair], limit: int, eos: bool = True) -> list[Encoded]:
-    return [encode(tokenizer, p, c, limit, eos) for p, c in pairs]
+    """Every training sequence of ``pairs``: a long document gives several (:func:`encode_chunks`)."""
+    return [e for p, c in pairs for e in encode_chunks(tokenizer, p, c, limit, eos)]
 
 
 def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,6 +192,9 @@ class Scores:
     token_logprobs: list[np.ndarray]
     argmax: list[np.ndarray]
     labels: list[np.ndarray]
+    #: per scored token, the mean and variance of log p over the vocabulary (Min-K%++; ``score(moments=True)``)
+    mu: list[np.ndarray] | None = None
+    sigma2: list[np.ndarray] | None = None
 
     @property
     def nll_mean(self) -> np.ndarray:
@@ -179,15 +202,18 @@ class Scores:
 
 
 @torch.inference_mode()
-def score(model, tokenizer, pairs: Sequence[Pair], device, batch_size: int = 32, eos: bool = True) -> Scores:
-    """Teacher-forced scores of every pair's completion, in length-sorted batches."""
+def score(model, tokenizer, pairs: Sequence[Pair], device, batch_size: int = 32, eos: bool = True,
+          moments: bool = False) -> Scores:
+    """Teacher-forced scores of every pair's completion, in length-sorted batches; a document longer than the
+    context is scored chunk by chunk (:func:`encode_chunks`) and its values concatenated. ``moments`` also keeps
+    each scored position's vocabulary mean and variance of log p (one row's [T, V] at a time)."""
     model.eval()
-    encoded = encode_all(tokenizer, pairs, max_length(model), eos)
+    limit = max_length(model)
+    chunks = [encode_chunks(tokenizer, p, c, limit, eos) for p, c in pairs]
+    encoded = [e for ch in chunks for e in ch]
+    owner = [i for i, ch in enumerate(chunks) for _ in ch]  # a long document's chunks are merged back below
     n = len(encoded)
-    nll_sum, n_tok = np.zeros(n), np.zeros(n, dtype=np.int64)
-    lps: list = [None] * n
-    am: list = [None] * n
-    lab: list = [None] * n
+    parts: list = [None] * n
     order = _length_sorted(encoded, lambda e: len(e.ids))
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
@@ -198,11 +224,25 @@ def score(model, tokenizer, pairs: Sequence[Pair], device, batch_size: int = 32,
         labels = batch["labels"][:, 1:]
         for row, i in enumerate(idx):
             m = mask[row]
-            nll_sum[i] = float(nll[row].sum())
-            n_tok[i] = int(m.sum())
-            lps[i] = (-nll[row][m]).double().cpu().numpy()
-            am[i] = pred[row][m].cpu().numpy()
-            lab[i] = labels[row][m].cpu().numpy()
+            part = [(-nll[row][m]).double().cpu().numpy(), pred[row][m].cpu().numpy(), labels[row][m].cpu().numpy()]
+            if moments:
+                lp = torch.log_softmax(logits[row, :-1][m].float(), dim=-1)
+                mu = (lp.exp() * lp).sum(-1)
+                part += [mu.double().cpu().numpy(), ((lp.exp() * lp.square()).sum(-1) - mu.square()).double().cpu().numpy()]
+            parts[i] = tuple(part)
+    k = len(pairs)
+    merged = [[[] for _ in range(5 if moments else 3)] for _ in range(k)]
+    for i, part in zip(owner, parts):
+        for slot, arr in zip(merged[i], part):
+            slot.append(arr)
+    lps = [np.concatenate(m[0]) for m in merged]
+    am = [np.concatenate(m[1]) for m in merged]
+    lab = [np.concatenate(m[2]) for m in merged]
+    nll_sum = np.array([-float(lp.sum()) for lp in lps]) if k else np.zeros(0)
+    n_tok = np.array([lp.size for lp in lps], dtype=np.int64)
+    if moments:
+        return Scores(nll_sum, n_tok, lps, am, lab, [np.concatenate(m[3]) for m in merged],
+                      [np.concatenate(m[4]) for m in merged])
     return Scores(nll_sum, n_tok, lps, am, lab)
 
 

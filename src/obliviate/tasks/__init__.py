@@ -36,7 +36,7 @@ def list_tasks() -> list[type[Task]]:
 
 
 def _load_builtins() -> None:
-    from obliviate.tasks import authors, hf, tabular  # noqa: F401  (registers the built-in tasks)
+    from obliviate.tasks import authors, hf, muse, tabular, tofu  # noqa: F401  (registers the built-in tasks)
 
 
 __all__ = ["Task", "TabularData", "TrainRecipe", "register_task", "get_task", "task_class", "list_tasks"]

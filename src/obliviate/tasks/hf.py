@@ -19,7 +19,9 @@ Files (UTF-8, one JSON object a line, blank lines skipped):
   first record of that subject in the forget (retain) file; a pair without one is a record of its own
   (empty text, subject ``forget_qa:<line>``), placed after that side's text records. ``icl`` pairs are the
   few-shot examples of the KnowMem prompts (the first ``icl_shots``; MUSE's ``knowmem/*_icl`` files; their
-  ``subject`` is ignored); without ``icl`` the prompts are zero-shot.
+  ``subject`` is ignored); without ``icl`` the prompts are zero-shot. QA pairs are evaluated, not trained on:
+  a method's forget and retain data are the texts, unless ``--set train_qa=true`` (a model fine-tuned on the
+  pairs themselves, as TOFU's). ``--set template=…`` sets their prompt layout, for scoring and training alike.
 
 Any other key, a non-string value, a line that is not a JSON object or a file without records is an error
 naming the file and the line.
@@ -27,6 +29,7 @@ naming the file and the line.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -72,7 +75,14 @@ class HFOptions:
     icl_shots: int = field(default=2, metadata={"help": "few-shot QA pairs in KnowMem prompts (from the icl file)",
                                                 "min": 0})
     max_length: int = field(default=0, metadata={
-        "help": "longest sequence in tokens, longer ones are cut (0 = the model's context length)", "min": 0})
+        "help": "longest sequence in tokens; longer documents are split into chunks of this many tokens "
+                "(0 = the model's context length)", "min": 0})
+    template: str = field(default="plain", metadata={
+        "help": "prompt layout of QA pairs: plain (Question: … Answer:), muse, llama2 ([INST] … [/INST]), chat "
+                "(the tokenizer's chat template) or a JSON template file"})
+    train_qa: bool = field(default=False, metadata={
+        "help": "QA pairs are also training data of the methods (the model was fine-tuned on them, as in TOFU); "
+                "by default they are only evaluated"})
 
     def validate(self) -> None:
         for key, what in (("model", "DIR (a Hugging Face causal LM directory)"), ("forget", "forget.jsonl"),
@@ -322,23 +332,25 @@ def _context_length(config) -> int | None:
     return int(v) if v else None
 
 
-# -- the task ------------------------------------------------------------------------------------------------------
+# -- a task around a given model ------------------------------------------------------------------------------------
 
-@register_task
-class HF(LanguageTask):
-    name = "hf"
-    description = ("your own Hugging Face causal LM (--set model=DIR) and JSONL texts to forget, retain and hold "
-                   "out (--set forget=f.jsonl retain=r.jsonl); the model is given, never trained")
-    options_class = HFOptions
-    #: the forget spec used when none is given: every record of the forget file
+class GivenModelTask(LanguageTask):
+    """A language task whose original is a local model directory (``options.model``), never trained, with an
+    optional given oracle (``options.oracle``). Subclasses read their data in :meth:`load_data` (recording each
+    file's sha256 in ``self.file_sha256``) and set ``self.forget_ids``, the ids the ``forget-file`` spec selects."""
+
+    #: options that name files: hashed by content (``file_sha256``), never by path
+    path_options: tuple[str, ...] = ("model", "oracle")
     default_forget = "forget-file"
+    #: OpenUnlearning's MIA suite is part of the evaluation (forget vs holdout samples, when there are both)
+    mia_suite = True
 
     def load(self) -> TextData:
         o = self.options
         self.model_dir = check_model_dir(o.model, "model")
-        self.oracle_dir = check_model_dir(o.oracle, "oracle") if o.oracle else None
+        self.oracle_dir = check_model_dir(o.oracle, "oracle") if getattr(o, "oracle", "") else None
         context = _context_length(self.model_dir.config)
-        if o.max_length and context and o.max_length > context:
+        if getattr(o, "max_length", 0) and context and o.max_length > context:
             raise ConfigError(f"max_length: {o.max_length} exceeds the model's context of {context} tokens")
         if self.oracle_dir is not None:
             mv = getattr(self.model_dir.config, "vocab_size", None)
@@ -346,26 +358,21 @@ class HF(LanguageTask):
             if mv and ov and mv != ov:
                 raise ObliviateError(f"oracle {self.oracle_dir.path} has a vocabulary of {ov} tokens, the model "
                                      f"{mv}: the oracle must be the same model retrained without the forget data")
+        self.template  # a bad template is an error before any data is read
         self.file_sha256: dict[str, str] = {}
-        forget, self.file_sha256["forget"] = _text_records(o.forget, "forget")
-        retain, self.file_sha256["retain"] = _text_records(o.retain, "retain")
-        holdout: list[TextRecord] = []
-        if o.holdout:
-            holdout, self.file_sha256["holdout"] = _text_records(o.holdout, "holdout")
-        if o.forget_qa:
-            forget, self.file_sha256["forget_qa"] = _attach(forget, o.forget_qa, "forget_qa", o.forget)
-        if o.retain_qa:
-            retain, self.file_sha256["retain_qa"] = _attach(retain, o.retain_qa, "retain_qa", o.retain)
-        icl: list[QA] = []
-        if o.icl:
-            pairs, self.file_sha256["icl"] = _qa_pairs(o.icl, "icl")
-            icl = [q for _, _, q in pairs]
-        self.n_forget = len(forget)
-        return TextData(train=forget + retain, holdout=holdout, icl=icl)
+        return self.load_data()
+
+    def load_data(self) -> TextData:
+        raise NotImplementedError
 
     def resolve_forget_file(self) -> np.ndarray:
-        """The ``forget-file`` spec: every record of the forget file (ids 0..nf−1, its QA-only records included)."""
-        return np.arange(self.n_forget, dtype=np.int64)
+        """The ``forget-file`` spec: every record of the task's forget file(s)."""
+        return np.asarray(self.forget_ids, dtype=np.int64)
+
+    @property
+    def context(self) -> int:
+        """The longest sequence in tokens: ``max_length`` when set, else the model's context."""
+        return int(getattr(self.options, "max_length", 0) or _context_length(self.model_dir.config) or 1024)
 
     # -- model and tokenizer -------------------------------------------------------------------------------------
     def tokenizer(self):
@@ -393,7 +400,7 @@ class HF(LanguageTask):
 
     def _load(self, md: ModelDir):
         model = md.load()
-        if self.options.max_length:
+        if getattr(self.options, "max_length", 0):
             # the cut-off obliviate.lm.max_length is to honour before the config's context (never saved)
             model.obliviate_max_length = int(self.options.max_length)
         return model
@@ -422,15 +429,19 @@ class HF(LanguageTask):
         return self._oracle
 
     def train_model(self, model, train_ids, recipe, seed, device, description: str = "train"):
-        raise ObliviateError(f"the hf task's model is given, not trained: obliviate cannot retrain "
+        raise ObliviateError(f"the {self.name} task's model is given, not trained: obliviate cannot retrain "
                              f"{self.model_dir.path}; use --set oracle=DIR for a retrained reference")
 
     # -- identity --------------------------------------------------------------------------------------------------
     def fingerprint(self) -> str:
-        """Hash of the contents — every JSONL file, the weights, the config and tokenizer files, the oracle's —
-        and of the options that are not paths (moving a file keeps the fingerprint, editing a line changes it)."""
-        o = self.options
-        parts = {"task": self.name, "icl_shots": o.icl_shots, "max_length": o.max_length,
+        """Hash of the contents — every data file, the weights, the config and tokenizer files, the oracle's, the
+        prompt template — and of the options that are not paths (moving a file keeps the fingerprint, editing a
+        line changes it)."""
+        import dataclasses
+
+        skip = set(self.path_options) | {"template"}
+        opts = {k: v for k, v in dataclasses.asdict(self.options).items() if k not in skip}
+        parts = {"task": self.name, "options": opts, "template": dataclasses.asdict(self.template),
                  "files": dict(sorted(self.file_sha256.items())), "data": self.data.fingerprint(),
                  "model": [self.model_dir.weights_sha256(), self.model_dir.meta_sha256()],
                  "oracle": ([self.oracle_dir.weights_sha256(), self.oracle_dir.meta_sha256()]
@@ -439,10 +450,42 @@ class HF(LanguageTask):
 
     def info(self) -> dict[str, Any]:
         cfg = self.model_dir.config
+        n_forget = len(self.forget_ids)
         return {**super().info(), "model": str(self.model_dir.path), "model_type": cfg.model_type,
                 "oracle": str(self.oracle_dir.path) if self.oracle_dir is not None else None,
-                "n_forget": self.n_forget, "n_retain": self.data.n_train - self.n_forget,
-                "n_icl": len(self.data.icl), "context": self.options.max_length or _context_length(cfg)}
+                "n_forget": n_forget, "n_retain": self.data.n_train - n_forget,
+                "n_icl": len(self.data.icl), "context": self.context, "template": self.template.name}
 
 
-__all__ = ["HF", "HFOptions", "ModelDir", "check_model_dir"]
+@register_task
+class HF(GivenModelTask):
+    name = "hf"
+    description = ("your own Hugging Face causal LM (--set model=DIR) and JSONL texts to forget, retain and hold "
+                   "out (--set forget=f.jsonl retain=r.jsonl); the model is given, never trained")
+    options_class = HFOptions
+    path_options = ("model", "oracle", "forget", "retain", "holdout", "forget_qa", "retain_qa", "icl")
+
+    def load_data(self) -> TextData:
+        o = self.options
+        forget, self.file_sha256["forget"] = _text_records(o.forget, "forget")
+        retain, self.file_sha256["retain"] = _text_records(o.retain, "retain")
+        holdout: list[TextRecord] = []
+        if o.holdout:
+            holdout, self.file_sha256["holdout"] = _text_records(o.holdout, "holdout")
+        if o.forget_qa:
+            forget, self.file_sha256["forget_qa"] = _attach(forget, o.forget_qa, "forget_qa", o.forget)
+        if o.retain_qa:
+            retain, self.file_sha256["retain_qa"] = _attach(retain, o.retain_qa, "retain_qa", o.retain)
+        if not o.train_qa:  # the QA pairs are questions about the texts, scored, not trained on
+            forget = [dataclasses.replace(r, train_qa=()) for r in forget]
+            retain = [dataclasses.replace(r, train_qa=()) for r in retain]
+        icl: list[QA] = []
+        if o.icl:
+            pairs, self.file_sha256["icl"] = _qa_pairs(o.icl, "icl")
+            icl = [q for _, _, q in pairs]
+        self.n_forget = len(forget)
+        self.forget_ids = np.arange(self.n_forget, dtype=np.int64)
+        return TextData(train=forget + retain, holdout=holdout, icl=icl)
+
+
+__all__ = ["HF", "HFOptions", "GivenModelTask", "ModelDir", "check_model_dir"]
