@@ -24,7 +24,11 @@ from obliviate.methods.base import Method
 
 _BLOCK_LISTS = ("transformer.h", "model.layers", "model.decoder.layers", "gpt_neox.layers", "transformer.blocks",
                 "transformer.layers")
-_MLP_OUT = r"(mlp\.(c_proj|down_proj|dense_4h_to_h|fc_out)|fc2)"  # GPT-2, Llama/Mistral, NeoX, GPT-J, OPT
+#: the MLP output projection inside a block: GPT-2 ``mlp.c_proj``; Llama / Qwen2 / Mistral / Gemma / OLMo
+#: ``mlp.down_proj``; GPT-NeoX / Falcon / BLOOM ``mlp.dense_4h_to_h``; GPT-J ``mlp.fc_out``; Phi ``mlp.fc2``;
+#: OPT ``fc2`` (directly in the block)
+_MLP_OUT = r"(mlp\.(c_proj|down_proj|dense_4h_to_h|fc_out|fc2)|fc2)"
+_MLP_OUT_NAMES = "mlp.c_proj, mlp.down_proj, mlp.dense_4h_to_h, mlp.fc_out, mlp.fc2, fc2"
 
 
 @dataclass
@@ -42,7 +46,9 @@ class RMUConfig(LoRAFields):
     alpha: float = field(default=100.0, metadata={"help": "weight α of the retain activation loss", "min": 0})
     params: str = field(default="auto", metadata={
         "help": "regex (full match) of the trainable parameter names; auto = the MLP output projections of "
-                "blocks layer−2..layer (GPT-2: transformer.h.{i}.mlp.c_proj.weight)"})
+                "blocks layer−2..layer (GPT-2: transformer.h.{i}.mlp.c_proj.weight; Llama, Qwen2, Mistral: "
+                "model.layers.{i}.mlp.down_proj.weight; GPT-NeoX: gpt_neox.layers.{i}.mlp.dense_4h_to_h.weight; "
+                "Phi: model.layers.{i}.mlp.fc2.weight)"})
     lr: float = field(default=5e-5, metadata={"help": "learning rate (AdamW)", "gt": 0})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
     batch_size: int = field(default=4, metadata={"help": "forget sequences per step (and as many retain ones)",
@@ -51,7 +57,9 @@ class RMUConfig(LoRAFields):
 
 
 def transformer_blocks(model) -> tuple[str, torch.nn.ModuleList]:
-    """The model's list of transformer blocks and its dotted name, found by name."""
+    """The model's list of transformer blocks and its dotted name: a known name (GPT-2 ``transformer.h``,
+    Llama / Qwen2 / Mistral / Phi ``model.layers``, GPT-NeoX ``gpt_neox.layers``, …), else the outermost
+    ``ModuleList`` with as many entries as the config's ``num_hidden_layers``."""
     for name in _BLOCK_LISTS:
         try:
             blocks = model.get_submodule(name)
@@ -59,10 +67,12 @@ def transformer_blocks(model) -> tuple[str, torch.nn.ModuleList]:
             continue
         if isinstance(blocks, torch.nn.ModuleList):
             return name, blocks
-    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)]
+    depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == depth]
     if not lists:
-        raise ConfigError(f"rmu: cannot find the transformer blocks of {type(model).__name__}")
-    return max(lists, key=lambda nm: len(nm[1]))
+        raise ConfigError(f"rmu: cannot find the transformer blocks of {type(model).__name__}: expected a "
+                          f"ModuleList named {', '.join(_BLOCK_LISTS)} or one of num_hidden_layers ({depth}) blocks")
+    return min(lists, key=lambda nm: nm[0].count("."))
 
 
 def default_layer(n_blocks: int) -> int:
@@ -85,6 +95,10 @@ def layer_and_params(model, cfg: RMUConfig) -> tuple[int, list[str]]:
     except re.error as exc:
         raise ConfigError(f"rmu.params: not a regular expression ({exc}): {cfg.params!r}") from None
     names = [n for n, _ in model.named_parameters() if pattern.fullmatch(n)]
+    if not names and cfg.params == "auto":
+        raise ConfigError(f"rmu: no MLP output projection in blocks {max(0, layer - 2)}..{layer} of "
+                          f"{type(model).__name__} (looked for {prefix}.<i>.<name>.weight, <name> one of "
+                          f"{_MLP_OUT_NAMES}); set rmu.params to a regex of the parameter names to train")
     if not names:
         raise ConfigError(f"rmu.params: {pattern.pattern!r} matches no parameter of {type(model).__name__}")
     return layer, names

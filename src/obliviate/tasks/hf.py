@@ -327,6 +327,33 @@ def check_model_dir(path: str, what: str = "model") -> ModelDir:
     return ModelDir(d, config, weights)
 
 
+def _generic_tokenizer(d: Path) -> bool:
+    """The directory's tokenizer_config.json names the generic fast tokenizer (a tokenizer.json of any kind,
+    e.g. word-level), which must be loaded as such, not as the model type's own tokenizer class."""
+    cfg = d / "tokenizer_config.json"
+    if not (cfg.is_file() and (d / "tokenizer.json").is_file()):
+        return False
+    try:
+        name = json.loads(cfg.read_text(encoding="utf-8")).get("tokenizer_class")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+    return name in ("PreTrainedTokenizerFast", "TokenizersBackend")
+
+
+def load_tokenizer(d: Path):
+    """The tokenizer of a model directory, as saved: the generic fast tokenizer when tokenizer_config.json names
+    it (AutoTokenizer would rebuild some model types' own class from the vocabulary — qwen2's byte-level BPE —
+    and garble, e.g., a word-level one), else AutoTokenizer's choice; never a directory's own code."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        if _generic_tokenizer(Path(d)):
+            return PreTrainedTokenizerFast.from_pretrained(str(d), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(d), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ObliviateError(f"cannot load the tokenizer in {d}: {_first_line(exc)}") from None
+
+
 def _context_length(config) -> int | None:
     v = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     return int(v) if v else None
@@ -380,13 +407,8 @@ class GivenModelTask(LanguageTask):
         positions use it, and they are masked). A missing BOS token stays missing: obliviate then prepends
         nothing, as the model was trained (Qwen, for one, has no BOS)."""
         if not hasattr(self, "_tokenizer"):
-            from transformers import AutoTokenizer
-
             d = self.model_dir.path
-            try:
-                tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True, trust_remote_code=False)
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise ObliviateError(f"cannot load the tokenizer in {d}: {_first_line(exc)}") from None
+            tok = load_tokenizer(d)
             if tok.pad_token is None:
                 if tok.eos_token is None:
                     raise ObliviateError(f"the tokenizer in {d} has neither a pad nor an eos token")
@@ -488,4 +510,4 @@ class HF(GivenModelTask):
         return TextData(train=forget + retain, holdout=holdout, icl=icl)
 
 
-__all__ = ["HF", "HFOptions", "GivenModelTask", "ModelDir", "check_model_dir"]
+__all__ = ["HF", "HFOptions", "GivenModelTask", "ModelDir", "check_model_dir", "load_tokenizer"]
