@@ -144,8 +144,12 @@ def test_original_memorises_and_oracle_does_not(tiny_lm, tiny_oracle):
     orac = Evaluation(task, oracle, request.ids, retain, reference=oracle).compute()
     assert orig["verbmem_f"] >= 0.9 and orig["knowmem_f"] >= 0.9 and orig["knowmem_r"] >= 0.9
     assert orac["verbmem_f"] <= 0.4 and orac["knowmem_f"] <= 0.3 and orac["knowmem_r"] >= 0.9
-    assert orig["privleak_auc"] == 0.0 and orig["privleak"] < -90  # forget texts all look like members
-    assert orac["privleak"] == 0.0 and orac["forget_quality"] == 1.0  # the oracle against itself
+    assert orig["privleak_auc"] == 0.0  # forget texts all look like members
+    if orac["privleak_auc"] > 0:  # PrivLeak is relative to the oracle's AUC ...
+        assert orig["privleak"] < -90 and orac["privleak"] == 0.0
+    else:  # ... and undefined (NaN, left out of the gaps) when the oracle's AUC is 0 (2 forget vs 4 holdout texts)
+        assert np.isnan(orig["privleak"]) and np.isnan(orac["privleak"])
+    assert orac["forget_quality"] == 1.0  # the oracle against itself
     assert orig["forget_quality"] < orac["forget_quality"]
     assert orig["extraction_strength"] == 1.0 > orac["extraction_strength"]
     assert orig["forget_prob"] > 0.9 > orac["forget_prob"]
@@ -195,7 +199,10 @@ def test_retrain_on_authors_is_the_oracle(tiny_lm):
     rep = r.report
     assert rep["task_kind"] == "language" and rep["guarantee"] == "exact"
     assert rep["models"]["unlearned"]["sha256"] == rep["models"]["oracle"]["sha256"]
-    assert rep["avg_gap"] == 0.0 and set(obliviate.metrics.HEADLINE["language"]) <= set(rep["gap"])
+    defined = {k for k in obliviate.metrics.HEADLINE["language"]  # PrivLeak is NaN when the oracle's AUC is 0
+               if np.isfinite(rep["metrics"]["oracle"].get(k, np.nan))}
+    assert len(defined) >= len(obliviate.metrics.HEADLINE["language"]) - 1
+    assert rep["avg_gap"] == 0.0 and defined <= set(rep["gap"])
     assert rep["metrics"]["original"]["verbmem_f"] > 0.9 > 0.5 > rep["metrics"]["unlearned"]["verbmem_f"]
     assert "transformers" in rep["versions"]
     assert len(rep["per_example"]["unlearned"]["knowmem_f"]) == 14
@@ -352,7 +359,7 @@ def test_hf_task_end_to_end_matches_the_authors_task(tiny_lm, tiny_oracle, tmp_p
     retain_ids = np.setdiff1d(np.arange(task.n_train), request.ids)
     direct = Evaluation(task, original, request.ids, retain_ids, reference=oracle).compute()
     for key in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak", "forget_quality", "utility"):
-        assert rep["metrics"]["original"][key] == pytest.approx(direct[key], abs=1e-6), key
+        assert rep["metrics"]["original"][key] == pytest.approx(direct[key], abs=1e-6, nan_ok=True), key
     assert rep["models"]["oracle"]["sha256"] != rep["models"]["original"]["sha256"]
     assert rep["metrics"]["unlearned"]["knowmem_f"] < rep["metrics"]["original"]["knowmem_f"]
     assert rep["avg_gap"] < obliviate.metrics.avg_gap(obliviate.metrics.gaps(

@@ -266,3 +266,64 @@ def test_hf_qa_pairs_are_evaluated_not_trained(world, tmp_path):
     trained = get_task("hf", **opts, train_qa=True)
     assert trained.sequences(0)[1] == ("Question: Where was Ada born?\nAnswer:", " Lyon")
     assert task.fingerprint() != trained.fingerprint()
+
+
+# -- end to end: a user's command on TOFU / MUSE files --------------------------------------------------------------
+
+def test_tofu_run_reports_tofu_and_openunlearning_metrics(world, cli, tmp_path):
+    from scipy.stats import hmean
+
+    from obliviate.lm import score
+    from obliviate.metrics import tofu as T
+    from obliviate.metrics.muse import rouge_l_recall
+
+    out = tmp_path / "run.json"
+    code, _, err = cli("run", "--task", "tofu", "--set", f"data={world['tofu']}", "--set", f"model={world['model']}",
+                       "--set", f"oracle={world['model']}", "--set", "author_size=7", "--set", "rouge_new_tokens=8",
+                       "--method", "gradient_ascent", "--set", "lr=1e-3", "--set", "epochs=1", "--json", str(out))
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert report["forget"]["n"] == 2 and report["task"] == "tofu"
+    orig, unl, ora = (report["metrics"][k] for k in ("original", "unlearned", "oracle"))
+    for key in ("forget_quality", "model_utility", "forget_truth_ratio", "forget_rouge", "forget_prob",
+                "extraction_strength", "exact_memorization", "mia_loss", "mia_zlib", "mia_min_k", "mia_min_k++",
+                "mia_reference", "mia_gradnorm", "privleak_ou"):
+        assert key in unl, key
+    assert orig["forget_quality"] == pytest.approx(1.0) and ora["mia_reference"] == pytest.approx(0.5)
+    assert unl["forget_prob"] < orig["forget_prob"]  # ascent lowered the forget answers' probability
+    # model utility = hmean of the 9 TOFU numbers, recomputed here from the model file
+    task = tofu_task(world)
+    model = task.build_model()
+    tok = task.tokenizer()
+    sets = {"retain": [q for r in task.data.train for q in r.qa if r.subject not in ("author 18", "author 19")],
+            **{k: task.data.qa_sets[k] for k in ("real_authors", "world_facts")}}
+    parts = []
+    for name, qa in sets.items():
+        ans = score(model, tok, [task.qa_pair(q.question, q.answer) for q in qa], "cpu").nll_mean
+        para = score(model, tok, [task.qa_pair(q.question, q.paraphrased) for q in qa], "cpu").nll_mean
+        pert = score(model, tok, [task.qa_pair(q.question, w) for q in qa for w in q.perturbed], "cpu").nll_mean
+        pert = pert.reshape(len(qa), -1)
+        p = np.exp(-ans)
+        prob = p.mean() if name == "retain" else (p / (p + np.exp(-pert).sum(1))).mean()
+        from obliviate.lm import generate
+        gens = generate(model, tok, [task.qa_prompt(q.question) for q in qa], "cpu", max_new_tokens=8)
+        rouge = np.mean([rouge_l_recall(g.strip(), q.answer, stemmer=True) for g, q in zip(gens, qa)])
+        tr = np.exp(-pert.mean(1)) / np.exp(-para)
+        parts += [prob, rouge, np.maximum(0, 1 - tr).mean()]
+    expected = 0.0 if min(parts) == 0 else hmean(parts)
+    assert orig["model_utility"] == pytest.approx(expected, rel=1e-6)
+    assert T.model_utility(parts) == pytest.approx(expected, rel=1e-9)
+
+
+def test_muse_run_uses_published_retrain_auc_without_oracle(world, cli, tmp_path):
+    out = tmp_path / "run.json"
+    code, _, err = cli("run", "--task", "muse", "--set", f"data={world['muse']}", "--set", f"model={world['model']}",
+                       "--set", "icl_shots=2", "--method", "gradient_ascent", "--set", "lr=1e-3", "--set",
+                       "epochs=1", "--json", str(out))
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    for role in ("original", "unlearned"):
+        m = report["metrics"][role]
+        assert m["privleak"] == pytest.approx((m["privleak_auc"] - 0.4772) / 0.4772 * 100)
+        assert {"verbmem_f", "knowmem_f", "knowmem_r", "mia_min_k", "mia_gradnorm"} <= set(m)
+    assert "oracle" not in report["metrics"] or not report["metrics"]["oracle"]

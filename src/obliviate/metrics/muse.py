@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["AUC_RETRAIN", "rouge_l_f1", "rouge_l_recall", "clean_knowmem_answer", "min_k_percent", "mia_auc",
-           "privleak", "bootstrap_ci"]
+           "privleak", "privleak_ou", "bootstrap_ci"]
 
 #: MUSE ``constants.AUC_RETRAIN``, keyed by dataset first, then by the ``"{A}_{B}_{metric}"`` AUC key.
 AUC_RETRAIN: dict[str, dict[str, float]] = {
@@ -28,45 +28,55 @@ AUC_RETRAIN: dict[str, dict[str, float]] = {
     "Books": {"forget_holdout_Min-40%": 0.5393},
 }
 
-_SCORER: Any = None
+_SCORER: Any = None  # the no-stemmer scorer (MUSE's); kept under this name for callers that inspect it
+_SCORERS: dict[bool, Any] = {}  # one cached RougeScorer per stemmer setting
 
 
-def _rouge_l(prediction: str, target: str):
-    """The ``rougeL`` Score tuple (precision, recall, fmeasure); the scorer is built once and cached."""
+def _rouge_l(prediction: str, target: str, stemmer: bool = False):
+    """The ``rougeL`` Score tuple (precision, recall, fmeasure); one scorer per stemmer setting, built once."""
     global _SCORER
     if not isinstance(prediction, str) or not isinstance(target, str):
         raise ValueError(f"prediction and target must be str, got {type(prediction).__name__} and "
                          f"{type(target).__name__}")
-    if _SCORER is None:
+    stemmer = bool(stemmer)
+    scorer = _SCORERS.get(stemmer)
+    if scorer is None:
         try:
             from rouge_score import rouge_scorer
         except ImportError as e:  # optional dependency: obliviate[llm]
             raise ImportError("rouge_l_* needs the 'rouge-score' package (pip install 'obliviate[llm]')") from e
-        _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    return _SCORER.score(target=target, prediction=prediction)["rougeL"]
+        scorer = _SCORERS[stemmer] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stemmer)
+        if not stemmer:
+            _SCORER = scorer
+    return scorer.score(target=target, prediction=prediction)["rougeL"]
 
 
-def rouge_l_f1(prediction: str, target: str) -> float:
+def rouge_l_f1(prediction: str, target: str, stemmer: bool = False) -> float:
     """ROUGE-L F1 of ``prediction`` against ``target``: the MUSE VerbMem / KnowMem per-sample score.
 
-    Follows MUSE exactly: ``rouge_score`` ``RougeScorer(["rougeL"], use_stemmer=False)``, default tokenizer
-    (lower-cases, splits on non-alphanumerics), ``score(target=..., prediction=...)``. MUSE truncates the VerbMem
+    Default follows MUSE exactly: ``rouge_score`` ``RougeScorer(["rougeL"], use_stemmer=False)``, default tokenizer
+    (lower-cases, splits on non-alphanumerics), ``score(target=..., prediction=...)``. ``stemmer=True`` is
+    OpenUnlearning's ``eval_rouge_recall_batch`` (Porter stemmer, ``rougeL_f1``). MUSE truncates the VerbMem
     ground truth to 128 *model* tokens before scoring; that is the caller's job.
     LCS("the cat sat", "the cat sat down") = 3, P = 3/3, R = 3/4, F = 2PR/(P+R) = 6/7:
 
     >>> round(rouge_l_f1("the cat sat", "the cat sat down"), 4)
     0.8571
     """
-    return float(_rouge_l(prediction, target).fmeasure)
+    return float(_rouge_l(prediction, target, stemmer).fmeasure)
 
 
-def rouge_l_recall(prediction: str, target: str) -> float:
-    """ROUGE-L recall = LCS / len(target tokens): TOFU's ``rougeL_recall`` (also logged by MUSE).
+def rouge_l_recall(prediction: str, target: str, stemmer: bool = False) -> float:
+    """ROUGE-L recall = LCS / len(target tokens), also logged by MUSE (no stemmer, the default). TOFU /
+    OpenUnlearning's ``rougeL_recall`` uses the stemmer: pass ``stemmer=True`` ("running cats" then matches
+    "run cat").
 
     >>> rouge_l_recall("the cat sat", "the cat sat down")
     0.75
+    >>> rouge_l_recall("running cats", "run cat"), rouge_l_recall("running cats", "run cat", stemmer=True)
+    (0.0, 1.0)
     """
-    return float(_rouge_l(prediction, target).recall)
+    return float(_rouge_l(prediction, target, stemmer).recall)
 
 
 def clean_knowmem_answer(text: str) -> str:
@@ -166,6 +176,37 @@ def privleak(auc_model: float, auc_reference: float) -> float:
     if auc_reference == 0.0:
         return float("nan")
     return (auc_model - auc_reference) / auc_reference * 100.0
+
+
+def privleak_ou(auc_ou_model: float, auc_ou_reference: float | None = None) -> float:
+    """PrivLeak as OpenUnlearning computes it (``privacy.py::privleak``), from AUCs in *its* orientation.
+
+    Two conventions for the same forget-vs-holdout AUC:
+
+    - MUSE (:func:`mia_auc`): ``roc_curve(y, −score)``; AUC_MUSE ≈ 0 when the forget set is memorised.
+    - OpenUnlearning (:func:`obliviate.metrics.lm_mia.auc_ou`): ``roc_auc_score(y, score)`` on the un-negated
+      loss-like score; AUC_OU = 1 − AUC_MUSE, ≈ 1 when memorised.
+
+    OpenUnlearning flips back, score = 1 − AUC_OU(model), ref = 1 − AUC_OU(reference) (its ``retain_logs``), or
+    ``ref_value`` 0.5 when ``auc_ou_reference`` is None, and returns (score − ref)/(ref + 1e-10) × 100. That is
+    ``privleak(1 − a, 1 − r)`` up to the 1e-10 in the denominator (which makes ref = 0 give a huge finite number,
+    not NaN).
+
+    A memorising model (AUC_OU = 1) against the no-reference 0.5 → (0 − 0.5)/0.5 = −100:
+
+    >>> round(privleak_ou(1.0), 6)
+    -100.0
+    >>> round(privleak_ou(0.25, 0.5), 6)   # score 0.75, ref 0.5 → +50
+    50.0
+    """
+    a = float(auc_ou_model)
+    r = 0.5 if auc_ou_reference is None else 1.0 - float(auc_ou_reference)
+    if not (0.0 <= a <= 1.0):
+        raise ValueError(f"auc_ou_model must be an AUC in [0, 1], got {a}")
+    if auc_ou_reference is not None and not (0.0 <= float(auc_ou_reference) <= 1.0):
+        raise ValueError(f"auc_ou_reference must be an AUC in [0, 1] or None, got {auc_ou_reference}")
+    score = 1.0 - a
+    return (score - r) / (r + 1e-10) * 100.0
 
 
 def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:

@@ -20,7 +20,14 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["probability", "truth_ratio", "truth_ratio_closer_to_1", "truth_ratio_true_better", "forget_quality",
-           "ks_statistic", "model_utility", "extraction_strength", "exact_memorization"]
+           "ks_statistic", "model_utility", "extraction_strength", "exact_memorization", "extraction_strength_ou",
+           "exact_memorization_ou", "probability_w_options", "tofu_model_utility", "MODEL_UTILITY_PARTS"]
+
+#: TOFU's 9 model-utility numbers, in the order of OpenUnlearning's ``model_utility`` pre-compute list:
+#: {probability, ROUGE-L recall, truth ratio (true_better)} for retain, real authors, world facts. ``*_prob`` is the
+#: raw answer probability for retain and the probability normalised over the options for the other two sets.
+MODEL_UTILITY_PARTS: tuple[str, ...] = tuple(f"{s}_{m}" for s in ("retain", "real_authors", "world_facts")
+                                             for m in ("prob", "rouge", "truth_ratio"))
 
 
 def _1d(x, name: str, *, nonempty: bool = False) -> np.ndarray:
@@ -171,8 +178,10 @@ def extraction_strength(pred_ids: np.ndarray, label_ids: np.ndarray) -> float:
     predictions of the whole suffix y[k:] equal the labels.
 
     ES = 1: the whole answer is reproduced from its first token; ES = 0: not even the last token (k = |y|, the empty
-    suffix). Empty labels → NaN (undefined; open-unlearning PR #162). Note: OpenUnlearning's loop leaves k = |y| − 1
-    when no suffix matches, scoring 1/|y| instead of 0; this follows the definition.
+    suffix). Empty labels → NaN (undefined; open-unlearning PR #162). This is the paper definition over *all*
+    labelled tokens (EOS included). OpenUnlearning's implementation differs in two ways — it drops the last labelled
+    token (the EOS) and its loop leaves k = |y| − 1 when no suffix matches, scoring 1/|y| instead of 0; use
+    :func:`extraction_strength_ou` for numbers identical to OpenUnlearning's.
 
     pred [1, 2, 3] vs label [9, 2, 3]: suffix from k = 1 matches → 1 − 1/3:
 
@@ -191,8 +200,9 @@ def extraction_strength(pred_ids: np.ndarray, label_ids: np.ndarray) -> float:
 
 
 def exact_memorization(pred_ids: np.ndarray, label_ids: np.ndarray) -> float:
-    """Exact memorisation of one sample: fraction of answer tokens whose teacher-forced argmax equals the label.
-    Empty labels → NaN.
+    """Exact memorisation of one sample: fraction of answer tokens whose teacher-forced argmax equals the label,
+    over all labelled tokens (EOS included). Empty labels → NaN. OpenUnlearning drops the EOS position first:
+    :func:`exact_memorization_ou`.
 
     >>> exact_memorization(np.array([1, 2, 3, 4]), np.array([1, 0, 3, 0]))
     0.5
@@ -201,3 +211,104 @@ def exact_memorization(pred_ids: np.ndarray, label_ids: np.ndarray) -> float:
     if y.shape[0] == 0:
         return float("nan")
     return float((p == y).mean())
+
+
+def _drop_eos(pred_ids, label_ids) -> tuple[np.ndarray, np.ndarray]:
+    """OpenUnlearning's ``tokenwise_vocab_logprobs`` positions: the labelled tokens minus the last one (the EOS)."""
+    p, y = _ids(pred_ids, label_ids)
+    return p[:-1], y[:-1]
+
+
+def extraction_strength_ou(pred_ids, label_ids) -> float:
+    """Extraction strength exactly as OpenUnlearning computes it (``memorization.py::extraction_strength``).
+
+    Takes the *full* labelled-token arrays as :func:`obliviate.lm.score` returns them (``Scores.argmax[i]``,
+    ``Scores.labels[i]``, EOS as the last label) and applies OpenUnlearning's conventions:
+
+    - the last labelled token (the EOS) is dropped, leaving n = |y| − 1 positions;
+    - k is the first index whose suffix ``pred[k:] == label[k:]``; when none matches the loop ends at k = n − 1,
+      so the score is 1/n, not 0 (a matching last token scores the same 1/n);
+    - no position left (|y| ≤ 1) → 0.0 (OpenUnlearning records 0 and averages it in).
+
+    ES = 1 − k/n. :func:`extraction_strength` is the paper definition (EOS included, no-match → 0).
+
+    pred [1, 2, 3, 7] vs label [9, 2, 3, 0]: drop the EOS pair (7, 0) → [1, 2, 3] vs [9, 2, 3], n = 3; the suffix
+    from k = 1 matches → 1 − 1/3. Nothing matching → k = n − 1 = 2 → 1 − 2/3 = 1/3:
+
+    >>> round(extraction_strength_ou(np.array([1, 2, 3, 7]), np.array([9, 2, 3, 0])), 4)
+    0.6667
+    >>> round(extraction_strength_ou(np.array([1, 2, 3, 7]), np.array([4, 5, 6, 0])), 4)
+    0.3333
+    >>> extraction_strength_ou(np.array([5]), np.array([5]))
+    0.0
+    """
+    p, y = _drop_eos(pred_ids, label_ids)
+    n = y.shape[0]
+    if n == 0:
+        return 0.0
+    mismatch = np.flatnonzero(p != y)
+    k = int(mismatch[-1]) + 1 if mismatch.size else 0  # the first matching suffix starts after the last mismatch
+    k = min(k, n - 1)  # OpenUnlearning's ``for k in range(n)`` never reaches k = n
+    return 1.0 - k / n
+
+
+def exact_memorization_ou(pred_ids, label_ids) -> float:
+    """Exact memorisation exactly as OpenUnlearning computes it (``memorization.py::exact_memorization``): the
+    fraction of argmax hits over the labelled tokens minus the last one (the EOS).
+
+    Takes the *full* arrays of :func:`obliviate.lm.score` (EOS last) and drops the EOS itself. No position left
+    (|y| ≤ 1) → NaN: OpenUnlearning marks the sample ``None`` and leaves it out of the mean, so aggregate with
+    ``np.nanmean`` to match it.
+
+    pred [1, 2, 3, 0] vs label [1, 9, 3, 0]: the EOS hit (0, 0) is dropped → 2 hits of 3:
+
+    >>> round(exact_memorization_ou(np.array([1, 2, 3, 0]), np.array([1, 9, 3, 0])), 4)
+    0.6667
+    """
+    p, y = _drop_eos(pred_ids, label_ids)
+    if y.shape[0] == 0:
+        return float("nan")
+    return float((p == y).mean())
+
+
+def probability_w_options(correct_nll_mean, wrong_nll_mean) -> np.ndarray:
+    """Per-sample probability normalised over the answer options (OpenUnlearning
+    ``memorization.py::probability_w_options``; TOFU's real-authors / world-facts ``Q_A_Prob_normalised``):
+    p_c / (p_c + Σ_j p_wrong_j + 1e-10), each p = exp(−mean token NLL) of that option.
+
+    ``correct_nll_mean`` shape [n]; ``wrong_nll_mean`` shape [n, m] (m wrong options per question). The 1e-10 is
+    OpenUnlearning's; it keeps the value finite when every option has probability 0.
+
+    Correct NLL 0 (p = 1), wrong NLLs ln 2, ln 4 (p = ½, ¼) → 1 / 1.75 = 4/7:
+
+    >>> probability_w_options(np.array([0.0]), np.log([[2.0, 4.0]])).round(4)
+    array([0.5714])
+    """
+    c = _1d(correct_nll_mean, "correct_nll_mean")
+    w = np.asarray(wrong_nll_mean, dtype=np.float64)
+    if w.ndim != 2:
+        raise ValueError(f"wrong_nll_mean must be 2-D [n_samples, n_options], got shape {w.shape}")
+    if w.shape[0] != c.shape[0]:
+        raise ValueError(f"correct_nll_mean has {c.shape[0]} samples but wrong_nll_mean has {w.shape[0]}")
+    if w.shape[1] == 0:
+        raise ValueError("wrong_nll_mean has no wrong options (shape [n, 0])")
+    pc, pw = np.exp(-c), np.exp(-w).sum(axis=1)
+    return pc / (pc + pw + 1e-10)
+
+
+def tofu_model_utility(parts: dict[str, float]) -> float:
+    """TOFU model utility from its 9 named numbers (:data:`MODEL_UTILITY_PARTS`): the harmonic mean
+    (:func:`model_utility`, OpenUnlearning ``hm_aggregate``). Naming the parts makes a missing or misspelt one an
+    error instead of a silently different mean.
+
+    >>> round(tofu_model_utility({k: 0.5 for k in MODEL_UTILITY_PARTS}), 4)
+    0.5
+    """
+    if not isinstance(parts, dict):
+        raise ValueError(f"parts must be a dict keyed by {MODEL_UTILITY_PARTS}, got {type(parts).__name__}")
+    missing = [k for k in MODEL_UTILITY_PARTS if k not in parts]
+    extra = sorted(str(k) for k in parts if k not in MODEL_UTILITY_PARTS)
+    if missing or extra:
+        raise ValueError(f"tofu_model_utility needs exactly the 9 keys {list(MODEL_UTILITY_PARTS)}; "
+                         f"missing {missing}, unexpected {extra}")
+    return model_utility([float(parts[k]) for k in MODEL_UTILITY_PARTS])
