@@ -13,7 +13,9 @@ the six MIA AUCs and the run time.
 Method settings: the authors task's ``method_defaults`` (obliviate's tuning for tiny models trained at lr 2e-3;
 the papers' lr 1e-5 does not move a model trained from scratch), recorded in each run's ``config``. A tiny model
 cannot answer questions about a text it only read, so the MUSE-layout targets also train on the QA pairs (as
-the authors task does); TOFU's targets train on QA pairs only, as TOFU does. Prints a markdown table and writes
+the authors task does) and KnowMem is asked zero-shot (``icl_shots=0``: shots a tiny model never saw in
+training only lower its KnowMem, README); TOFU's targets train on QA pairs only, as TOFU does (40 authors of
+7 questions, forget10 = 4 authors). Prints a markdown table and writes
 benchmarks/results/llm_formats.{json,md}. Every number is measured here, on CPU.
 """
 from __future__ import annotations
@@ -104,7 +106,7 @@ def _overrides(methods):
 def run(families, methods, work: Path):
     from obliviate.tasks.layouts import tofu_training_pairs, write_muse_layout, write_tofu_layout
 
-    tofu_dir = write_tofu_layout(work / "tofu", authors=20, holdout=2)
+    tofu_dir = write_tofu_layout(work / "tofu", authors=40, holdout=4)
     muse_dir = write_muse_layout(work / "muse", authors=20, holdout=6)
     tok = _tokenizer(tofu_dir, muse_dir)
     rows, train_times = [], {}
@@ -121,7 +123,7 @@ def run(families, methods, work: Path):
         for bench, opts in (("tofu forget10", {"data": str(tofu_dir), "split": "forget10", "author_size": 7,
                                                "model": str(models / "tofu_target"),
                                                "oracle": str(models / "tofu_retain")}),
-                            ("muse news", {"data": str(muse_dir), "corpus": "news", "icl_shots": 2,
+                            ("muse news", {"data": str(muse_dir), "corpus": "news", "icl_shots": 0,
                                            "model": str(models / "muse_target"),
                                            "oracle": str(models / "muse_retain")})):
             task_name = bench.split()[0]

@@ -108,7 +108,7 @@ def _texts(p: Path) -> tuple[list[str], str]:
 class MUSE(GivenModelTask):
     name = "muse"
     description = ("MUSE from its own layout (--set data=DIR corpus=news|books) on your target model "
-                   "(--set model=DIR [oracle=DIR]): VerbMem, KnowMem, PrivLeak, MIAs")
+                   "(--set model=DIR; oracle=DIR optional): VerbMem, KnowMem, PrivLeak, MIAs")
     options_class = MUSEOptions
     path_options = ("model", "oracle", "data")
     default_template = "muse"

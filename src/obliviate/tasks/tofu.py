@@ -139,7 +139,7 @@ def retain_log_truth_ratios(path: str) -> np.ndarray:
 class TOFU(GivenModelTask):
     name = "tofu"
     description = ("TOFU from its own files (--set data=DIR split=forget10) on your fine-tuned model "
-                   "(--set model=DIR [oracle=DIR | retain_logs=FILE]): forget quality, 9-part model utility")
+                   "(--set model=DIR; oracle=DIR or retain_logs=FILE optional): forget quality, 9-part model utility")
     options_class = TOFUOptions
     path_options = ("model", "oracle", "data", "retain_logs")
     #: the metrics whose sets this task supplies (besides the records' QA)
