@@ -20,6 +20,10 @@ retrain oracle come from the model cache), and the unlearned model is then probe
 - ``verdict`` — ``removal-like`` or ``suppression-like`` with the evidence (:func:`decide`, thresholds in
   :data:`THRESHOLDS`), following §12's pass criterion: a removal claim needs every probe within the noise of the
   retrained model.
+
+An audit the task cannot support is not run: its block is ``{"skipped": "<why>"}`` (:func:`skip_reasons`; e.g. the
+``hf`` task's records carry no attributes, so ``probe`` and ``side_effects`` have nothing to predict or group by).
+The verdict is then computed from the audits that ran, and ``verdict_basis`` names them.
 """
 from __future__ import annotations
 
@@ -96,20 +100,23 @@ def build_audit_config(values: dict[str, Any] | AuditConfig | None = None) -> Au
 # -- KnowMem, with and without the forgotten document in the prompt ---------------------------------------------
 
 def _qa_of(task, ids) -> list:
-    return [q for i in ids for q in task.data.train[int(i)].qa]
+    """The evaluation QA pairs of ``ids`` (what the metrics score, so the audits score the same questions)."""
+    from obliviate.metrics.language import eval_qa
+
+    return list(eval_qa(task, [int(i) for i in ids]))
 
 
 def knowmem(model, task, qa: Sequence, device, contexts: Sequence[str] | None = None) -> dict[str, Any]:
-    """MUSE KnowMem per question with the task's KnowMem prompt, optionally preceded by ``contexts[i]``
-    (:data:`CONTEXT_TEMPLATE`)."""
-    from obliviate.metrics.language import icl_shots, knowmem_answers, knowmem_prompt
+    """MUSE KnowMem per question with the task's KnowMem prompt (few-shot examples and template, exactly the
+    metric's), optionally preceded by ``contexts[i]`` (:data:`CONTEXT_TEMPLATE`)."""
+    from obliviate.metrics.language import knowmem_answers, knowmem_prompts
 
     if not qa:
         return {"f1": np.zeros(0), "outputs": []}
     prompts = None
     if contexts is not None:
-        icl = icl_shots(task)
-        prompts = [CONTEXT_TEMPLATE.format(text=c, prompt=knowmem_prompt(icl, q.question)) for c, q in zip(contexts, qa)]
+        base = knowmem_prompts(task, [q.question for q in qa])
+        prompts = [CONTEXT_TEMPLATE.format(text=c, prompt=p) for c, p in zip(contexts, base)]
     return knowmem_answers(model, task, list(qa), device, prompts)
 
 
@@ -133,13 +140,19 @@ def _filtered(model, task, forget_ids):
     return InContextFilter(task.tokenizer(), records, FilterConfig()).wrap(model), None
 
 
+def _context_pairs(task, forget_ids) -> list[tuple[Any, str]]:
+    """(question, its record's document) for every forget question whose record has a document (a QA-only record
+    of the ``hf`` task has none: nothing to paste)."""
+    recs = task.data.train
+    return [(q, recs[int(i)].text) for i in forget_ids for q in _qa_of(task, [i]) if recs[int(i)].text]
+
+
 def incontext(task, models: dict[str, Any], forget_ids: np.ndarray, device) -> dict[str, Any]:
     """KnowMem on the forget questions without and with the forgotten record's document before each question,
     per model; recovery = (ctx − base) / (original_base − base) (None when the model is within
     :data:`MIN_GAP` of the original without context, e.g. the original itself)."""
-    qa_ids = [int(i) for i in forget_ids for _ in task.data.train[int(i)].qa]
-    qa = _qa_of(task, forget_ids)
-    contexts = [task.data.train[i].text for i in qa_ids]
+    pairs = _context_pairs(task, forget_ids)
+    qa, contexts = [q for q, _ in pairs], [c for _, c in pairs]
     rows: dict[str, Any] = {}
     for role, model in models.items():
         base = knowmem(model, task, qa, device)
@@ -363,18 +376,65 @@ def hidden_features(model, tokenizer, prompts: Sequence[str], device, batch_size
     return np.concatenate(chunks, axis=1)
 
 
-def _attribute_prompt(record, attribute: str) -> str | None:
-    from obliviate.tasks.text import QA_PROMPT
+def _attribute_question(task, i: int, attribute: str) -> str | None:
+    q = next((q for q in _qa_of(task, [i]) if q.attribute == attribute), None)
+    return None if q is None else q.question
 
-    q = next((q for q in record.qa if q.attribute == attribute), None)
-    return None if q is None else QA_PROMPT.format(question=q.question)
+
+def _attribute_prompt(task, i: int, attribute: str) -> str | None:
+    """The KnowMem prompt (the task's few-shot examples and template) of record ``i``'s question about
+    ``attribute``, or None: the probe reads the states the evaluation's prompt produces."""
+    from obliviate.metrics.language import knowmem_prompts
+
+    q = _attribute_question(task, i, attribute)
+    return None if q is None else knowmem_prompts(task, [q])[0]
+
+
+def has_attributes(task) -> bool:
+    """Whether any training record carries attributes (the ``hf`` format cannot: probe / side effects skip)."""
+    return any(r.attributes for r in task.data.train)
+
+
+NO_ATTRIBUTES = "the task's records carry no attributes (e.g. city, genre; the hf JSONL format has none)"
 
 
 def check_probe_attribute(task, attribute: str) -> None:
+    """Raise when ``attribute`` cannot be probed on a task whose records do carry attributes (a typo), or on one
+    whose records carry none."""
     have = sorted({k for r in task.data.train for k in r.attributes})
-    if not any(attribute in r.attributes and _attribute_prompt(r, attribute) for r in task.data.train):
+    if not any(attribute in r.attributes and _attribute_question(task, i, attribute)
+               for i, r in enumerate(task.data.train)):
         raise ConfigError(f"audit.probe_attribute {attribute!r}: no record has that attribute and a question about "
                           f"it; available: {', '.join(have) or 'none (the task has no attributes)'}")
+
+
+def skip_reasons(task, cfg: AuditConfig, forget_ids, explicit: Sequence[str] = ()) -> dict[str, str]:
+    """The audits ``task`` cannot support and why, known before anything is trained. ``explicit``: audit keys the
+    user set; asking for an attribute on a task without any is an error, not a skip."""
+    why: dict[str, str] = {}
+    if not has_attributes(task):
+        for key in ("probe_attribute", "side_attributes"):
+            if key in explicit:
+                raise ConfigError(f"audit.{key}: {NO_ATTRIBUTES}; leave it unset and the "
+                                  f"{'probe' if key == 'probe_attribute' else 'side-effect audit'} is skipped")
+        why["probe"] = f"{NO_ATTRIBUTES}: the linear probe has no attribute value to predict"
+        why["side_effects"] = f"{NO_ATTRIBUTES}: no retain subject is related to a forgotten one by a shared value"
+    else:
+        check_probe_attribute(task, cfg.probe_attribute)
+        recs = task.data.train
+        if not any(recs[int(i)].attributes.get(a) for i in forget_ids for a in cfg.side_attributes):
+            why["side_effects"] = (f"no forget record has any of the attributes {', '.join(cfg.side_attributes)} "
+                                   "(audit.side_attributes)")
+    if not _qa_of(task, forget_ids):
+        none = "the forget records have no evaluation questions (KnowMem_f; the hf task's forget_qa file)"
+        why["incontext"] = none
+        why["relearn"] = none
+    else:
+        if not _context_pairs(task, forget_ids):
+            why["incontext"] = "no forget question belongs to a record with a document to paste before it"
+        if not any(task.sequences(int(i)) for i in forget_ids):
+            why["relearn"] = "the forget records have no training sequences to relearn on"
+    return why
 
 
 def probe(task, models: dict[str, Any], forget_ids, retain_ids, cfg: AuditConfig, seed: int,
@@ -391,7 +451,7 @@ def probe(task, models: dict[str, Any], forget_ids, retain_ids, cfg: AuditConfig
     recs = task.data.train
 
     def rows(ids):
-        out = [(int(i), _attribute_prompt(recs[int(i)], attr)) for i in ids]
+        out = [(int(i), _attribute_prompt(task, int(i), attr)) for i in ids]
         return [(i, p, recs[i].attributes[attr]) for i, p in out if p is not None and attr in recs[i].attributes]
 
     train, test_all = rows(retain_ids), rows(forget_ids)
@@ -473,12 +533,23 @@ def side_effects(task, models: dict[str, Any], forget_ids, retain_ids, cfg: Audi
 
 # -- verdict -------------------------------------------------------------------------------------------------------------
 
+#: the audit each verdict check comes from (the guarantee is the method's own, no audit)
+CHECK_AUDIT = {"guarantee": None, "relearn_anamnesis": "relearn", "quantization_recovery": "quantized",
+               "probe_excess": "probe"}
+#: audits that are reported but never judged
+NOT_JUDGED = ("incontext", "side_effects")
+
+
 def decide(guarantee: str, anamnesis: float | None, quantization_recovery: float | None,
-           probe_excess: float | None, thresholds: dict[str, float] | None = None) -> dict[str, Any]:
+           probe_excess: float | None, thresholds: dict[str, float] | None = None,
+           skipped: dict[str, str] | None = None, why_none: dict[str, str] | None = None) -> dict[str, Any]:
     """The verdict from the evidence: ``suppression-like`` if any check trips (the method's guarantee is
     ``suppression``; anamnesis < threshold; quantization recovery > threshold; probe accuracy above the oracle's by
-    more than the threshold), else ``removal-like``. A check without a value (not applicable) never trips."""
+    more than the threshold), else ``removal-like``. A check without a value (not applicable, or its audit
+    ``skipped``) never trips; ``rests_on`` lists the checks that had a value (why a value is missing:
+    ``why_none`` per check, else the audit's skip reason)."""
     t = {**THRESHOLDS, **(thresholds or {})}
+    skipped, why_none = skipped or {}, why_none or {}
     ev = [{"check": "guarantee", "value": guarantee, "threshold": "suppression",
            "suppression": guarantee == "suppression"},
           {"check": "relearn_anamnesis", "value": anamnesis, "threshold": t["relearn_anamnesis"],
@@ -489,10 +560,14 @@ def decide(guarantee: str, anamnesis: float | None, quantization_recovery: float
           {"check": "probe_excess", "value": probe_excess, "threshold": t["probe_excess"],
            "suppression": probe_excess is not None and probe_excess > t["probe_excess"]}]
     for e in ev:
-        if e["value"] is None:
-            e["note"] = "not applicable"
+        audit_name = CHECK_AUDIT[e["check"]]
+        if audit_name in skipped:
+            e["note"] = f"skipped: {skipped[audit_name]}"
+        elif e["value"] is None:
+            e["note"] = "not applicable" + (f": {why_none[e['check']]}" if why_none.get(e["check"]) else "")
     verdict = "suppression-like" if any(e["suppression"] for e in ev) else "removal-like"
-    return {"verdict": verdict, "evidence": ev, "thresholds": t}
+    return {"verdict": verdict, "evidence": ev, "thresholds": t,
+            "rests_on": [e["check"] for e in ev if e["value"] is not None]}
 
 
 def require_language(name: str, kind: str | None) -> None:
@@ -510,7 +585,9 @@ def audit(task, method, forget: str | None = None, *, seed: int = 0, device: str
     """Run ``method`` once on ``forget`` of a language ``task`` and audit it (the ``obliviate.audit/1`` document).
 
     Everything a user can get wrong (task kind, method, config, audit settings, forget spec) is checked before any
-    training. ``audit_config``: :class:`AuditConfig` fields (relearn_lr, max_steps, probe_attribute, ...).
+    training. ``audit_config``: :class:`AuditConfig` fields (relearn_lr, max_steps, probe_attribute, ...). An audit
+    the task cannot support (:func:`skip_reasons`; no oracle, no attributes, no forget questions) is
+    ``{"skipped": why}``, and the verdict rests on the audits that ran (``verdict_basis``).
     """
     from obliviate import api
     from obliviate.methods import Method
@@ -530,9 +607,10 @@ def audit(task, method, forget: str | None = None, *, seed: int = 0, device: str
     else:
         method_obj = api.build_method(method, method_config, task_obj)
     cfg = build_audit_config(audit_config)
-    check_probe_attribute(task_obj, cfg.probe_attribute)
+    explicit = sorted(audit_config) if isinstance(audit_config, dict) else []
     recipe = task_obj.recipe(train)
     request = resolve(forget or task_obj.default_forget, task_obj, seed)
+    skipped = skip_reasons(task_obj, cfg, request.ids, explicit)
     dev = resolve_device(device)
     session = api.Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache))
 
@@ -545,45 +623,77 @@ def audit(task, method, forget: str | None = None, *, seed: int = 0, device: str
     forget_ids = request.ids
     retain_ids = np.setdiff1d(np.arange(task_obj.n_train), forget_ids)
     notes: list[str] = []
+    no_oracle = None
     if oracle is None:
-        notes.append(report.get("oracle") or "no oracle: oracle-relative checks are not applicable")
+        no_oracle = report.get("oracle") or "no oracle: oracle-relative checks are not applicable"
+        notes.append(no_oracle)
 
     def present(d: dict) -> dict:  # the models that exist (no oracle for a given model)
         return {k: v for k, v in d.items() if v is not None}
 
+    blocks: dict[str, dict[str, Any]] = {}
+
     def timed(name, fn):
+        if name in skipped:
+            blocks[name] = {"skipped": skipped[name]}
+            return blocks[name]
         s = time.perf_counter()
-        out = fn()
+        blocks[name] = fn()
         times[name] = time.perf_counter() - s
-        return out
+        return blocks[name]
 
-    ic_models = present({"original": original, "oracle": oracle, "unlearned": unlearned})
-    filter_note = None
-    if cfg.incontext_filter:
-        filtered, filter_note = _filtered(unlearned, task_obj, forget_ids)
-        if filtered is not None:
-            ic_models["unlearned+filter"] = filtered
+    def run_incontext():
+        ic_models = present({"original": original, "oracle": oracle, "unlearned": unlearned})
+        filter_note = None
+        if cfg.incontext_filter:
+            filtered, filter_note = _filtered(unlearned, task_obj, forget_ids)
+            if filtered is not None:
+                ic_models["unlearned+filter"] = filtered
+        else:
+            filter_note = "unlearned+filter skipped: audit.incontext_filter=false"
+        ic = incontext(task_obj, ic_models, forget_ids, dev)
+        if filter_note:
+            ic["note"] = filter_note
+        stats = getattr(getattr(ic_models.get("unlearned+filter"), "filter", None), "stats", None)
+        if isinstance(stats, dict):
+            ic["models"]["unlearned+filter"]["filter_stats"] = dict(stats)
+        return ic
+
+    ic = timed("incontext", run_incontext)
+    if "skipped" in ic:
+        original_km = report["metrics"]["original"].get("knowmem_f") or 0.0
     else:
-        filter_note = "unlearned+filter skipped: audit.incontext_filter=false"
-    ic = timed("incontext", lambda: incontext(task_obj, ic_models, forget_ids, dev))
-    if filter_note:
-        ic["note"] = filter_note
-    stats = getattr(getattr(ic_models.get("unlearned+filter"), "filter", None), "stats", None)
-    if isinstance(stats, dict):
-        ic["models"]["unlearned+filter"]["filter_stats"] = dict(stats)
+        original_km = ic["models"]["original"]["base"] or 0.0
+    if "relearn" not in skipped and original_km <= MIN_GAP:
+        skipped["relearn"] = (f"the original's KnowMem_f is {original_km:.3f} (at most {MIN_GAP}): it does not answer "
+                              "the forget questions, so there is nothing to relearn")
 
-    original_km = ic["models"]["original"]["base"] or 0.0
-    rl = timed("relearn", lambda: relearn(task_obj, present({"unlearned": unlearned, "oracle": oracle}),
-                                          forget_ids, original_km, cfg, seed, dev))
+    def run_relearn():
+        block = relearn(task_obj, present({"unlearned": unlearned, "oracle": oracle}), forget_ids, original_km,
+                        cfg, seed, dev)
+        if oracle is None:
+            block["note"] = ("no oracle: anamnesis needs the oracle's relearning steps (a model trained without the "
+                             "forget data; --set oracle=DIR for a given model)")
+        return block
+
+    rl = timed("relearn", run_relearn)
+    if "quantized" not in skipped and all(report["metrics"]["unlearned"].get(k) is None for k in QUANT_KEYS):
+        skipped["quantized"] = "the run measured neither knowmem_f nor verbmem_f: no forget metric to compare"
     qz = timed("quantized", lambda: quantized(task_obj, unlearned, forget_ids, retain_ids, report["metrics"], seed))
-    pr = timed("probe", lambda: probe(task_obj, present({"original": original, "unlearned": unlearned,
-                                                               "oracle": oracle}),
-                                      forget_ids, retain_ids, cfg, seed, dev))
-    se = timed("side_effects", lambda: side_effects(task_obj, present({"original": original,
-                                                                             "unlearned": unlearned,
-                                                                             "oracle": oracle}),
-                                                    forget_ids, retain_ids, cfg, dev))
-    dec = decide(method_obj.guarantee, rl["anamnesis"], qz["max_recovery"], pr.get("excess_over_oracle"))
+    all_models = present({"original": original, "unlearned": unlearned, "oracle": oracle})
+    pr = timed("probe", lambda: probe(task_obj, all_models, forget_ids, retain_ids, cfg, seed, dev))
+    se = timed("side_effects", lambda: side_effects(task_obj, all_models, forget_ids, retain_ids, cfg, dev))
+    why_none = {"relearn_anamnesis": rl.get("note") or (no_oracle if oracle is None else None),
+                "probe_excess": pr.get("note") or (no_oracle if oracle is None else None)}
+    dec = decide(method_obj.guarantee, rl.get("anamnesis"), qz.get("max_recovery"), pr.get("excess_over_oracle"),
+                 skipped=skipped, why_none=why_none)
+    judged = [CHECK_AUDIT[c] for c in dec["rests_on"] if CHECK_AUDIT[c]]
+    basis = {"rests_on": judged, "guarantee": "guarantee" in dec["rests_on"],
+             "ran": [k for k in blocks if "skipped" not in blocks[k]], "skipped": dict(skipped),
+             "not_judged": list(NOT_JUDGED)}
+    if not judged:
+        basis["note"] = ("no audit gave the verdict a value: it rests on the method's guarantee alone "
+                         f"({method_obj.guarantee})")
     times["total"] = time.perf_counter() - t0
     doc = {"schema": AUDIT_SCHEMA, "task": task_obj.name, "task_kind": task_obj.kind, "method": method_obj.name,
            "guarantee": method_obj.guarantee, "seed": seed, "device": dev.type, "forget": request.summary(),
@@ -591,8 +701,9 @@ def audit(task, method, forget: str | None = None, *, seed: int = 0, device: str
            "train": as_dict(recipe), "task_options": as_dict(task_obj.options), "metrics": report["metrics"],
            "gap": report.get("gap"), "avg_gap": report.get("avg_gap"),
            "incontext": ic, "relearn": rl, "quantized": qz, "probe": pr, "side_effects": se,
-           "verdict": dec["verdict"], "evidence": dec["evidence"], "thresholds": dec["thresholds"],
-           "models": report.get("models"), "time_s": times, "versions": report.get("versions")}
+           "verdict": dec["verdict"], "verdict_basis": basis, "evidence": dec["evidence"],
+           "thresholds": dec["thresholds"], "models": report.get("models"), "time_s": times,
+           "versions": report.get("versions")}
     if notes:
         doc["notes"] = notes
     return doc
@@ -600,4 +711,5 @@ def audit(task, method, forget: str | None = None, *, seed: int = 0, device: str
 
 __all__ = ["AUDIT_SCHEMA", "THRESHOLDS", "MIN_GAP", "AuditConfig", "audit", "build_audit_config", "decide", "knowmem",
            "incontext", "relearn", "relearn_curve", "relearn_pairs", "conv1d_to_linear", "quantize_int8",
-           "cast_half", "quantized", "require_language", "hidden_features", "probe", "side_effect_groups", "side_effects"]
+           "cast_half", "quantized", "require_language", "hidden_features", "probe", "side_effect_groups",
+           "side_effects", "skip_reasons", "has_attributes", "check_probe_attribute"]

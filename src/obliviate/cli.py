@@ -119,7 +119,8 @@ def run(task: str = typer.Option(..., "--task", help="task name (see `obliviate 
         html_path: Optional[str] = typer.Option(None, "--html", help="write a self-contained HTML report here"),
         no_oracle: bool = typer.Option(False, "--no-oracle", help="skip the retrain oracle (no gap)"),
         save_model: Optional[str] = typer.Option(None, "--save-model", help="write the unlearned model (.safetensors + "
-                                                 ".sha256; for a language task an HF model directory)"),
+                                                 ".sha256; for a language task an HF model directory, with a GUARD "
+                                                 "detector beside the weights when the method guards)"),
         cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="model cache (default $OBLIVIATE_CACHE or ~/.cache/obliviate)"),
         no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the model cache"),
         executor: str = ExecutorOpt, ray_address: Optional[str] = RayOpt,
@@ -139,11 +140,16 @@ def run(task: str = typer.Option(..., "--task", help="task name (see `obliviate 
     if save_model:
         report["models"]["unlearned"]["path"] = save_model
         if report["task_kind"] == "language":
+            from obliviate.guard.saving import remove_saved_guard, saved_guard_info
             from obliviate.models.tiny_lm import save_hf_dir
             from obliviate.tasks import get_task
 
             tokenizer = get_task(task, **task_opts).tokenizer()
+            remove_saved_guard(save_model)  # an earlier save's guard must never wrap these weights
             report["models"]["unlearned"]["sha256"] = save_hf_dir(result.model, tokenizer, save_model)
+            guard = saved_guard_info(save_model)  # GUARD (or a filter over it) writes its detector beside them
+            if guard is not None:
+                report["models"]["unlearned"]["guard"] = {**guard, "restore": "obliviate.guard.load_guarded"}
         else:
             from obliviate.models.store import save_state_file
 
@@ -255,8 +261,12 @@ def _split_audit(pairs: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]
 
 
 def _print_audit(doc: dict[str, Any]) -> None:
+    """The audit as a table; a skipped audit (``{"skipped": why}``) is one line saying why."""
     ic, rl, qz, pr, se = (doc[k] for k in ("incontext", "relearn", "quantized", "probe", "side_effects"))
-    roles = [r for r in ("original", "oracle", "unlearned", "unlearned+filter") if r in ic["models"]]
+    ran = {k: "skipped" not in doc[k] for k in ("incontext", "relearn", "quantized", "probe", "side_effects")}
+    roles = [r for r in ("original", "oracle", "unlearned") if r in doc["metrics"]]
+    if ran["incontext"] and "unlearned+filter" in ic["models"]:
+        roles.append("unlearned+filter")
     t = Table(title=f"audit: {doc['method']} ({doc['guarantee']}) on {doc['task']} · forget {doc['forget']['spec']} "
                     f"(n={doc['forget']['n']}) · seed {doc['seed']}")
     t.add_column("check")
@@ -266,17 +276,22 @@ def _print_audit(doc: dict[str, Any]) -> None:
     def row(label: str, values: dict[str, Any]) -> None:
         t.add_row(label, *(_fmt(values.get(r)) for r in roles))
 
-    row("KnowMem_f, no context", {r: ic["models"][r]["base"] for r in roles})
-    row("KnowMem_f, document pasted", {r: ic["models"][r]["context"] for r in roles})
-    row("in-context recovery", {r: ic["models"][r]["recovery"] for r in roles})
-    steps = {r: (f"≥{v['steps']}" if v["saturated"] else v["steps"]) for r, v in rl["models"].items()}
-    row(f"relearn steps to {rl['band']:g}×original", steps)
-    for name, v in qz["variants"].items():
-        label = name if name != "fp16" else v.get("dtype", name)
-        row(f"KnowMem_f {label}", {"original": qz["original"]["knowmem_f"], "unlearned": v["knowmem_f"]})
-    row(f"probe accuracy ({pr['attribute']})", {r: v["accuracy"] for r, v in pr["models"].items()})
-    row("retain KnowMem related / unrelated", {r: f"{_fmt(v['related'])} / {_fmt(v['unrelated'])}"
-                                               for r, v in se["knowmem"].items()})
+    if ran["incontext"]:
+        row("KnowMem_f, no context", {r: m["base"] for r, m in ic["models"].items()})
+        row("KnowMem_f, document pasted", {r: m["context"] for r, m in ic["models"].items()})
+        row("in-context recovery", {r: m["recovery"] for r, m in ic["models"].items()})
+    if ran["relearn"]:
+        steps = {r: (f"≥{v['steps']}" if v["saturated"] else v["steps"]) for r, v in rl["models"].items()}
+        row(f"relearn steps to {rl['band']:g}×original", steps)
+    if ran["quantized"]:
+        for name, v in qz["variants"].items():
+            label = name if name != "fp16" else v.get("dtype", name)
+            row(f"KnowMem_f {label}", {"original": qz["original"]["knowmem_f"], "unlearned": v["knowmem_f"]})
+    if ran["probe"]:
+        row(f"probe accuracy ({pr['attribute']})", {r: v["accuracy"] for r, v in pr["models"].items()})
+    if ran["side_effects"]:
+        row("retain KnowMem related / unrelated", {r: f"{_fmt(v['related'])} / {_fmt(v['unrelated'])}"
+                                                   for r, v in se["knowmem"].items()})
     out.print(t)
     e = Table(title="evidence")
     for col in ("check", "value", "threshold", "suppression-like"):
@@ -284,16 +299,25 @@ def _print_audit(doc: dict[str, Any]) -> None:
     for item in doc["evidence"]:
         e.add_row(item["check"], _fmt(item["value"]), _fmt(item["threshold"]), "yes" if item["suppression"] else "no")
     out.print(e)
-    notes = [f"relearn: anamnesis {_fmt(rl['anamnesis'])}" + (" (a bound: one run saturated)" if rl["anamnesis_bound"]
-                                                            else "") + (f"; {rl['note']}" if rl.get("note") else ""),
-             f"probe: chance {_fmt(pr.get('chance'))}, {pr['n_train']} train / {pr['n_test']} test subjects"
-             + (f"; {pr['note']}" if pr.get("note") else ""),
-             f"side effects: {len(se['related_ids'])} related / {len(se['unrelated_ids'])} unrelated retain subjects; "
-             f"change related − unrelated (unlearned) {_fmt(se['change'].get('unlearned', {}).get('difference'))}"]
-    notes += ic.get("warnings", []) + ([ic["note"]] if ic.get("note") else [])
+    notes = [f"{name}: skipped — {doc[name]['skipped']}" for name, ok in ran.items() if not ok]
+    if ran["relearn"]:
+        notes.append(f"relearn: anamnesis {_fmt(rl['anamnesis'])}" + (" (a bound: one run saturated)"
+                                                                    if rl["anamnesis_bound"] else "")
+                     + (f"; {rl['note']}" if rl.get("note") else ""))
+    if ran["probe"]:
+        notes.append(f"probe: chance {_fmt(pr.get('chance'))}, {pr['n_train']} train / {pr['n_test']} test subjects"
+                     + (f"; {pr['note']}" if pr.get("note") else ""))
+    if ran["side_effects"]:
+        notes.append(f"side effects: {len(se['related_ids'])} related / {len(se['unrelated_ids'])} unrelated retain "
+                     f"subjects; change related − unrelated (unlearned) "
+                     f"{_fmt(se['change'].get('unlearned', {}).get('difference'))}")
+    if ran["incontext"]:
+        notes += ic.get("warnings", []) + ([ic["note"]] if ic.get("note") else [])
     for n in notes:
         out.print(n, markup=False, highlight=False)
-    out.print(f"verdict: [bold]{doc['verdict']}[/bold]   time: {doc['time_s']['total']:.1f}s")
+    basis = doc.get("verdict_basis") or {}
+    rests = ", ".join((["guarantee"] if basis.get("guarantee") else []) + list(basis.get("rests_on") or [])) or "–"
+    out.print(f"verdict: [bold]{doc['verdict']}[/bold] (rests on: {rests})   time: {doc['time_s']['total']:.1f}s")
 
 
 @app.command("audit")

@@ -424,28 +424,96 @@ def _audit_relearn_svg(rl: dict[str, Any]) -> str:
                                                           f"{rl.get('lr'):g}, batch {rl.get('batch_size')})")
 
 
+def _skipped_html(block: dict[str, Any]) -> str:
+    return f"<p class='note'><b>skipped</b>: {html.escape(str(block['skipped']))}</p>"
+
+
+def _audit_incontext_html(ic: dict[str, Any]) -> str:
+    head = ("<h2>In-context recovery</h2><p class='note'>KnowMem_f on the forget questions without context and with "
+            "the forgotten record's document pasted before the question; recovery = (ctx − base) / (original base − "
+            "base). Exact unlearning may recover too.</p>")
+    if "skipped" in ic:
+        return head + _skipped_html(ic)
+    rows = [[role, m.get("base"), m.get("context"), m.get("recovery")] for role, m in ic.get("models", {}).items()]
+    notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in ic.get("warnings", []) +
+                    ([ic["note"]] if ic.get("note") else []))
+    return head + _table(["model", "no context", "document pasted", "recovery"], rows) + notes
+
+
+def _audit_relearn_html(rl: dict[str, Any]) -> str:
+    if "skipped" in rl:
+        return "<h2>Relearning attack</h2>" + _skipped_html(rl)
+    rows = [[role, r["start"], r["steps"], "yes" if r["saturated"] else "no", r.get("final")]
+            for role, r in rl.get("models", {}).items()]
+    return (f"<h2>Relearning attack</h2><p class='note'>Fine-tuning on {html.escape(str(rl.get('data')))} "
+            f"(fraction {_fmt(rl.get('fraction'))}); steps until KnowMem_f ≥ {_fmt(rl.get('band'))} × the original's "
+            f"({_fmt(rl.get('target'))}), measured every {rl.get('eval_every')} steps, at most {rl.get('max_steps')}. "
+            f"Anamnesis (unlearned ÷ oracle steps): <b>{_fmt(rl.get('anamnesis'))}</b>"
+            + (" (a bound: one run saturated)" if rl.get("anamnesis_bound") else "")
+            + (f"; {html.escape(rl['note'])}" if rl.get("note") else "") + ".</p>"
+            + _table(["model", "KnowMem_f at start", "steps", "saturated", "KnowMem_f at stop"], rows)
+            + _audit_relearn_svg(rl))
+
+
+def _audit_quantized_html(qz: dict[str, Any]) -> str:
+    head = ("<h2>Quantization</h2><p class='note'>Forget metrics after int8 dynamic quantization and half precision "
+            "(CPU); recovery = (quantized − unlearned) / (original − unlearned).</p>")
+    if "skipped" in qz:
+        return head + _skipped_html(qz)
+    rows = [["original (full precision)", qz.get("original", {}).get("knowmem_f"),
+             qz.get("original", {}).get("verbmem_f"), None, None],
+            ["unlearned (full precision)", qz.get("unlearned", {}).get("knowmem_f"),
+             qz.get("unlearned", {}).get("verbmem_f"), None, None]]
+    rows += [[f"unlearned {name}" + (f" ({v['dtype']})" if v.get("dtype") else ""), v.get("knowmem_f"),
+              v.get("verbmem_f"), v["recovery"].get("knowmem_f"), v["recovery"].get("verbmem_f")]
+             for name, v in qz.get("variants", {}).items()]
+    return head + _table(["model", "knowmem_f", "verbmem_f", "recovery knowmem_f", "recovery verbmem_f"], rows)
+
+
+def _audit_probe_html(pr: dict[str, Any]) -> str:
+    if "skipped" in pr:
+        return "<h2>Linear probe</h2>" + _skipped_html(pr)
+    rows = [[role, m.get("accuracy"), ", ".join(_fmt(a) for a in m.get("per_layer", []))]
+            for role, m in pr.get("models", {}).items()]
+    return (f"<h2>Linear probe</h2><p class='note'>Logistic regression on mean-pooled hidden states of the question "
+            f"about <code>{html.escape(str(pr.get('attribute')))}</code>, trained on {pr.get('n_train')} retain "
+            f"subjects, tested on {pr.get('n_test')} forget subjects ({pr.get('n_test_unseen_value')} left out: value "
+            f"unseen in training); chance (majority value) {_fmt(pr.get('chance'))}; unlearned − oracle "
+            f"{_fmt(pr.get('excess_over_oracle'))}." + (f" {html.escape(pr['note'])}" if pr.get("note") else "")
+            + "</p>" + _table(["model", "accuracy (last layer)", "per layer (0 = embeddings)"], rows))
+
+
+def _audit_side_effects_html(se: dict[str, Any]) -> str:
+    if "skipped" in se:
+        return "<h2>Side effects</h2>" + _skipped_html(se)
+    change = se.get("change", {})
+    rows = [[role, v.get("related"), v.get("unrelated"), change.get(role, {}).get("related"),
+             change.get(role, {}).get("unrelated"), change.get(role, {}).get("difference")]
+            for role, v in se.get("knowmem", {}).items()]
+    return (f"<h2>Side effects</h2><p class='note'>KnowMem on retain subjects sharing "
+            f"{html.escape(', '.join(se.get('attributes', [])))} with a forgotten subject ({len(se.get('related_ids', []))}) "
+            f"vs the others ({len(se.get('unrelated_ids', []))}); change = model − original.</p>"
+            + _table(["model", "related", "unrelated", "Δ related", "Δ unrelated", "Δ related − Δ unrelated"], rows))
+
+
+def _audit_basis_html(doc: dict[str, Any]) -> str:
+    basis = doc.get("verdict_basis")
+    if not basis:
+        return ""
+    rests = ", ".join(basis.get("rests_on") or []) or "no audit (the method's guarantee alone)"
+    skipped = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>"
+                      for k, v in (basis.get("skipped") or {}).items())
+    return (f"<p class='note'>The verdict rests on: <b>{html.escape(rests)}</b>"
+            + (" and the method's guarantee" if basis.get("guarantee") and basis.get("rests_on") else "")
+            + ". Reported, not judged: " + html.escape(", ".join(basis.get("not_judged") or [])) + ".</p>"
+            + (f"<p class='note'>Skipped audits:</p><ul>{skipped}</ul>" if skipped else ""))
+
+
 def _audit_body(doc: dict[str, Any]) -> str:
     ic, rl, qz, pr, se = (doc.get(k, {}) for k in ("incontext", "relearn", "quantized", "probe", "side_effects"))
-    evidence = _table(["check", "value", "threshold", "suppression-like"],
-                      [[e["check"], e["value"], e["threshold"], "yes" if e["suppression"] else "no"]
+    evidence = _table(["check", "value", "threshold", "suppression-like", "note"],
+                      [[e["check"], e["value"], e["threshold"], "yes" if e["suppression"] else "no", e.get("note")]
                        for e in doc.get("evidence", [])])
-    ic_rows = [[role, m.get("base"), m.get("context"), m.get("recovery")] for role, m in ic.get("models", {}).items()]
-    ic_notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in ic.get("warnings", []) +
-                       ([ic["note"]] if ic.get("note") else []))
-    rl_rows = [[role, r["start"], r["steps"], "yes" if r["saturated"] else "no", r.get("final")]
-               for role, r in rl.get("models", {}).items()]
-    q_rows = [["original (full precision)", qz.get("original", {}).get("knowmem_f"),
-               qz.get("original", {}).get("verbmem_f"), None, None],
-              ["unlearned (full precision)", qz.get("unlearned", {}).get("knowmem_f"),
-               qz.get("unlearned", {}).get("verbmem_f"), None, None]]
-    q_rows += [[f"unlearned {name}" + (f" ({v['dtype']})" if v.get("dtype") else ""), v.get("knowmem_f"),
-                v.get("verbmem_f"), v["recovery"].get("knowmem_f"), v["recovery"].get("verbmem_f")]
-               for name, v in qz.get("variants", {}).items()]
-    p_rows = [[role, m.get("accuracy"), ", ".join(_fmt(a) for a in m.get("per_layer", []))]
-              for role, m in pr.get("models", {}).items()]
-    se_rows = [[role, v.get("related"), v.get("unrelated"), se.get("change", {}).get(role, {}).get("related"),
-                se.get("change", {}).get(role, {}).get("unrelated"), se.get("change", {}).get(role, {}).get("difference")]
-               for role, v in se.get("knowmem", {}).items()]
     times = _table(["phase", "seconds"], [[k, v] for k, v in doc.get("time_s", {}).items()])
     return (f"<p>{_verdict_badge(doc['verdict'])} method <b>{html.escape(doc['method'])}</b> {_badge(doc['guarantee'])} "
             f"on <code>{html.escape(doc['task'])}</code>, forget <code>{html.escape(doc['forget']['spec'])}</code> "
@@ -453,35 +521,12 @@ def _audit_body(doc: dict[str, Any]) -> str:
             f"{html.escape(str(doc.get('device')))}</p>"
             "<p class='note'>Pass criterion for a removal claim (evaluation.md §12): every probe within the noise of "
             "the retrained model. Any tripped check makes the verdict suppression-like.</p>"
-            f"<h2>Evidence</h2>{evidence}"
-            f"<h2>In-context recovery</h2><p class='note'>KnowMem_f on the forget questions without context and with "
-            f"the forgotten record's document pasted before the question; recovery = (ctx − base) / (original base − "
-            f"base). Exact unlearning may recover too.</p>"
-            + _table(["model", "no context", "document pasted", "recovery"], ic_rows) + ic_notes
-            + f"<h2>Relearning attack</h2><p class='note'>Fine-tuning on {html.escape(str(rl.get('data')))} "
-            f"(fraction {_fmt(rl.get('fraction'))}); steps until KnowMem_f ≥ {_fmt(rl.get('band'))} × the original's "
-            f"({_fmt(rl.get('target'))}), measured every {rl.get('eval_every')} steps, at most {rl.get('max_steps')}. "
-            f"Anamnesis (unlearned ÷ oracle steps): <b>{_fmt(rl.get('anamnesis'))}</b>"
-            + (" (a bound: one run saturated)" if rl.get("anamnesis_bound") else "")
-            + (f"; {html.escape(rl['note'])}" if rl.get("note") else "") + ".</p>"
-            + _table(["model", "KnowMem_f at start", "steps", "saturated", "KnowMem_f at stop"], rl_rows)
-            + _audit_relearn_svg(rl)
-            + "<h2>Quantization</h2><p class='note'>Forget metrics after int8 dynamic quantization and half "
-            "precision (CPU); recovery = (quantized − unlearned) / (original − unlearned).</p>"
-            + _table(["model", "knowmem_f", "verbmem_f", "recovery knowmem_f", "recovery verbmem_f"], q_rows)
-            + f"<h2>Linear probe</h2><p class='note'>Logistic regression on mean-pooled hidden states of the question "
-            f"about <code>{html.escape(str(pr.get('attribute')))}</code>, trained on {pr.get('n_train')} retain "
-            f"subjects, tested on {pr.get('n_test')} forget subjects ({pr.get('n_test_unseen_value')} left out: value "
-            f"unseen in training); chance (majority value) {_fmt(pr.get('chance'))}; unlearned − oracle "
-            f"{_fmt(pr.get('excess_over_oracle'))}." + (f" {html.escape(pr['note'])}" if pr.get("note") else "")
-            + "</p>" + _table(["model", "accuracy (last layer)", "per layer (0 = embeddings)"], p_rows)
-            + f"<h2>Side effects</h2><p class='note'>KnowMem on retain subjects sharing "
-            f"{html.escape(', '.join(se.get('attributes', [])))} with a forgotten subject ({len(se.get('related_ids', []))}) "
-            f"vs the others ({len(se.get('unrelated_ids', []))}); change = model − original.</p>"
-            + _table(["model", "related", "unrelated", "Δ related", "Δ unrelated", "Δ related − Δ unrelated"], se_rows)
+            f"<h2>Evidence</h2>{evidence}" + _audit_basis_html(doc)
+            + _audit_incontext_html(ic) + _audit_relearn_html(rl) + _audit_quantized_html(qz)
+            + _audit_probe_html(pr) + _audit_side_effects_html(se)
             + f"<h2>Time</h2>{times}<details><summary>config, recipe and versions</summary><pre>"
             + html.escape(json.dumps({k: doc.get(k) for k in ("config", "audit_config", "train", "task_options",
-                                                               "thresholds", "models", "versions")},
+                                                               "thresholds", "models", "versions", "notes")},
                                      indent=2, default=str)) + "</pre></details>")
 
 

@@ -8,13 +8,15 @@
 
 Both are **suppression**: the weights are never changed, so teacher-forced scores (PrivLeak, truth ratio) stay
 the wrapped model's. Registered as the methods ``guard`` and ``filter``; ``<method>+filter`` puts the filter in
-front of any language method's unlearned model.
+front of any language method's unlearned model. A guarded model's ``save_pretrained`` writes the guard beside the
+weights (safetensors + JSON); :func:`load_guarded` wraps a model loaded from such a directory again.
 """
 from obliviate.guard.config import FilterConfig, GuardConfig, PhraseConfig
 from obliviate.guard.core import Guard, GuardedModel
 from obliviate.guard.embedder import Embedder, load_embedder
 from obliviate.guard.filter import FilteredModel, InContextFilter
 from obliviate.guard.phrases import PhraseBank, key_phrases, record_prompts, surface_variants, token_sequences
+from obliviate.guard.saving import load_guarded, save_guard
 
 
 def __getattr__(name: str):
@@ -29,4 +31,4 @@ def __getattr__(name: str):
 
 __all__ = ["Guard", "GuardedModel", "GuardConfig", "PhraseConfig", "FilterConfig", "InContextFilter", "FilteredModel",
            "GuardLogitsProcessor", "PhraseBank", "Embedder", "load_embedder", "key_phrases", "record_prompts",
-           "surface_variants", "token_sequences"]
+           "surface_variants", "token_sequences", "load_guarded", "save_guard"]

@@ -5,6 +5,7 @@ retrieve the nearest forget record, and decode under a restriction that forbids 
 >>> guard.detector_metrics["precision"], guard.detector_metrics["recall"]           # doctest: +SKIP
 >>> guard.generate(["Question: Where was Jennifer Bates born?\\nAnswer:"])          # doctest: +SKIP
 >>> guarded = guard.wrap()      # an nn.Module: forward = the model's, generate = guarded  # doctest: +SKIP
+>>> guard = Guard.for_task(model, tok, task, forget_ids, retain_ids)   # + its evaluation's layouts # doctest: +SKIP
 
 This is **suppression**: weights are untouched, so teacher-forced scores (PrivLeak, truth ratio, forget
 probability) stay the original model's; only generated text changes, and only for detected prompts — every
@@ -51,10 +52,15 @@ class Guard:
     ``forget``: the records to suppress (:class:`~obliviate.tasks.text.TextRecord` or plain documents);
     ``retain``: records whose prompts are negatives of the detector and whose text sets phrase rarity;
     ``general``: more negative prompts (strings) or records. The detector is trained at construction.
+    ``layouts``: per record of ``forget``, ``retain`` and the general records (a dict of those three keys, each a
+    list aligned with its records) the (prompt, question) pairs of the prompt layouts an evaluation sends (few-shot
+    KnowMem prompts, a task's template), trained on beside the bare forms: a detector trained on bare questions
+    alone misreads few-shot prompts, whose shared prefix dominates the pooled state (:meth:`for_task` builds them).
     """
 
     def __init__(self, model, tokenizer, forget: Sequence, retain: Sequence = (), general: Sequence = (),
-                 config: GuardConfig | None = None, seed: int = 0, embedder=None):
+                 config: GuardConfig | None = None, seed: int = 0, embedder=None,
+                 layouts: dict[str, Sequence[Sequence[tuple[str, str]]]] | None = None):
         self.config = cfg = config if config is not None else GuardConfig()
         self.model, self.tokenizer, self.seed = model, tokenizer, seed
         self.forget = [as_record(r) for r in (forget or [])]
@@ -63,9 +69,15 @@ class Guard:
             raise ObliviateError("GUARD needs at least one forget record (the forget set is empty)")
         general_records = [as_record(g) for g in general if not isinstance(g, str)]
         general_prompts = [g for g in general if isinstance(g, str)]
-        pos = [(p, ("f", i, g)) for i, r in enumerate(self.forget) for p, g in record_prompts(r, tokenizer)]
-        neg = [(p, ("r", i, g)) for i, r in enumerate(self.retain + general_records)
-               for p, g in record_prompts(r, tokenizer)]
+        layouts = layouts or {}
+        for key, recs in (("forget", self.forget), ("retain", self.retain), ("general", general_records)):
+            if layouts.get(key) is not None and len(layouts[key]) != len(recs):
+                raise ObliviateError(f"GUARD layouts[{key!r}] has {len(layouts[key])} entries for {len(recs)} "
+                                     f"{key} records (one list of (prompt, question) pairs per record)")
+        pos = _prompts_of(self.forget, "f", tokenizer, layouts.get("forget"))
+        neg = _prompts_of(self.retain + general_records, "r", tokenizer,
+                          [*(layouts.get("retain") or [()] * len(self.retain)),
+                           *(layouts.get("general") or [()] * len(general_records))] if layouts else None)
         neg += [(p, ("g", j, 0)) for j, p in enumerate(general_prompts)]
         if len(pos) < cfg.min_prompts or len(neg) < cfg.min_prompts:
             raise ObliviateError(
@@ -86,13 +98,71 @@ class Guard:
         self.detector_metrics: dict[str, Any] = metrics
         self.bank = PhraseBank(tokenizer, self.forget, self.forget + self.retain + general_records, cfg,
                                self.embedder)
-        # retrieval keys: per forget record its questions, its sentences and its subject
+        # retrieval keys: per forget record its questions (and its layouts' questions), its sentences and subject
+        asked = layouts.get("forget") or [()] * len(self.forget)
         keys = [(i, k) for i, r in enumerate(self.forget)
-                for k in [q.question for q in r.qa] + sentences(r.text) + ([r.subject] if r.subject else [])]
+                for k in dict.fromkeys([q.question for q in r.qa] + [q for _, q in asked[i]] + sentences(r.text)
+                                       + ([r.subject] if r.subject else []))]
         self._key_owner = np.array([i for i, _ in keys], dtype=np.int64)
         self._key_emb = self.embedder.encode([k for _, k in keys])
         self.stats: dict[str, Any] = {"detector": metrics, "generation": {"calls": 0, "rows": 0, "detected": 0,
                                                                          "warnings": 0}}
+
+    @property
+    def n_forget(self) -> int:
+        """Number of forget records (retrieval candidates; phrase sets)."""
+        return len(self.bank.phrases)
+
+    @classmethod
+    def restore(cls, model, tokenizer, config: GuardConfig, detector_state: dict[str, torch.Tensor], dim: int,
+                hidden: int, phrases: Sequence[Sequence[str]], key_emb: torch.Tensor, key_owner, *,
+                metrics: dict[str, Any] | None = None, subjects: Sequence[str] | None = None,
+                embedder=None) -> "Guard":
+        """A guard from its saved parts (:func:`obliviate.guard.saving.load_guarded`): the trained detector, the
+        forget records' key phrases and the retrieval keys' embeddings. No forget record is needed (``forget``
+        holds placeholders with their subjects), nothing is retrained: it decides as the saved guard did."""
+        from obliviate.guard.detector import Detector
+        from obliviate.tasks.text import TextRecord
+
+        phrases = [list(p) for p in phrases]
+        owner = np.asarray(key_owner, dtype=np.int64)
+        if not phrases or (owner.size and (owner.min() < 0 or owner.max() >= len(phrases))):
+            raise ObliviateError("a saved guard needs phrases for every forget record its retrieval keys name")
+        width = int(prompt_features(model, tokenizer, [""]).shape[1])
+        if width != dim:
+            raise ObliviateError(f"the saved guard's detector reads {dim}-dimensional states; this model's are "
+                                 f"{width}: it was trained on another model")
+        self = cls.__new__(cls)
+        self.config, self.model, self.tokenizer, self.seed = config, model, tokenizer, None
+        subjects = list(subjects or [])
+        self.forget = [TextRecord(subjects[i] if i < len(subjects) else "", "") for i in range(len(phrases))]
+        self.retain, self.prompts, self.labels = [], [], np.zeros(0, dtype=np.int64)
+        det = Detector(dim, hidden, config.detector_dropout)
+        det.load_state_dict(detector_state)
+        self.detector = det.eval().to(_device(model))
+        self.detector_metrics = dict(metrics or {})
+        self.embedder = embedder if embedder is not None else load_embedder(config.embedder, _device(model))
+        self.bank = PhraseBank.from_phrases(tokenizer, phrases, config, self.embedder)
+        self._key_owner = owner
+        self._key_emb = key_emb.float().cpu()
+        self.stats = {"detector": self.detector_metrics, "restored": True,
+                      "generation": {"calls": 0, "rows": 0, "detected": 0, "warnings": 0}}
+        return self
+
+    @classmethod
+    def for_task(cls, model, tokenizer, task, forget_ids, retain_ids, config: GuardConfig | None = None,
+                 seed: int = 0, embedder=None) -> "Guard":
+        """GUARD for the records ``forget_ids`` of a language ``task`` (negatives: ``retain_ids`` and the task's
+        holdout records), trained on the prompt layouts the task's evaluation sends (:func:`task_layouts`)."""
+        recs = task.data.train
+        holdout = list(getattr(task.data, "holdout", []) or [])
+        forget = [recs[int(i)] for i in forget_ids]
+        retain = [recs[int(i)] for i in retain_ids]
+        layouts = {"forget": task_layouts(task, forget_ids, "forget"),
+                   "retain": task_layouts(task, retain_ids, "retain"),
+                   "general": [_layouts_of(task, [q.question for q in r.qa], None) for r in holdout]}
+        return cls(model, tokenizer, forget=forget, retain=retain, general=holdout, config=config, seed=seed,
+                   embedder=embedder, layouts=layouts)
 
     # -- detection and retrieval --------------------------------------------------------------------------
     def detect_proba(self, prompts: Sequence[str]) -> np.ndarray:
@@ -107,11 +177,15 @@ class Guard:
     def retrieve(self, prompts: Sequence[str], k: int | None = None) -> list[tuple[int, ...]]:
         """For each prompt, the ``k`` (``retrieve_k``) nearest forget records by SBERT max-cosine over their
         questions, sentences and subject."""
-        k = min(k or self.config.retrieve_k, len(self.forget))
+        k = min(k or self.config.retrieve_k, self.n_forget)
         if not len(prompts):
             return []
         sim = self.embedder.encode(list(prompts)) @ self._key_emb.T  # [n, keys]
-        per_record = torch.full((sim.shape[0], len(self.forget)), -2.0)
+        tails = [last_block(p) for p in prompts]
+        if any(t != p for t, p in zip(tails, prompts)):
+            # a few-shot prompt: its question is the last block (the embedder may not even read that far)
+            sim = torch.maximum(sim, self.embedder.encode(tails) @ self._key_emb.T)
+        per_record = torch.full((sim.shape[0], self.n_forget), -2.0)
         owner = torch.as_tensor(self._key_owner)
         per_record = per_record.scatter_reduce(1, owner.expand(sim.shape[0], -1), sim, reduce="amax")
         return [tuple(int(i) for i in row) for row in torch.topk(per_record, k, dim=1).indices.tolist()]
@@ -157,6 +231,58 @@ class Guard:
                         batch_size=batch_size, stop=stop, num_beams=num_beams)
 
 
+def last_block(prompt: str) -> str:
+    """The text after the last blank line (a few-shot prompt's own question), or the prompt itself."""
+    tail = prompt.rsplit("\n\n", 1)[-1].strip()
+    return tail or prompt
+
+
+def _layouts_of(task, questions: Sequence[str], role: str | None) -> list[tuple[str, str]]:
+    """(prompt, question) of each question in every layout the task's evaluation sends it in: the few-shot
+    KnowMem prompt (with the QA set's own few-shot pool when the task has one) and the template's bare prompt."""
+    from obliviate.metrics.language import knowmem_prompts
+
+    questions = list(questions)
+    if not questions:
+        return []
+    out = list(zip(knowmem_prompts(task, questions), questions))
+    if role is not None and role in (getattr(task.data, "qa_icl", None) or {}):
+        out += list(zip(knowmem_prompts(task, questions, role=role), questions))
+    if hasattr(task, "qa_prompt"):
+        out += [(task.qa_prompt(q), q) for q in questions]
+    return list(dict.fromkeys(out))
+
+
+def task_layouts(task, ids, role: str | None = None) -> list[list[tuple[str, str]]]:
+    """Per record of ``ids``: :func:`_layouts_of` its evaluation questions
+    (:func:`obliviate.metrics.language.eval_qa`); ``role`` (``forget`` / ``retain``) picks a QA set's few-shot
+    pool."""
+    from obliviate.metrics.language import eval_qa
+
+    return [_layouts_of(task, [q.question for q in eval_qa(task, [int(i)])], role) for i in ids]
+
+
+def _prompts_of(records, side: str, tokenizer, layouts=None) -> list[tuple[str, tuple]]:
+    """(prompt, group) of every record's bare prompts (:func:`record_prompts`) and of its ``layouts[i]``; a layout
+    prompt of a question joins that question's group (a held-out split never sees a variant of a training
+    prompt), a prompt already there is not repeated."""
+    out = []
+    for i, r in enumerate(records):
+        bare = record_prompts(r, tokenizer)
+        out += [(p, (side, i, g)) for p, g in bare]
+        if not layouts or not layouts[i]:
+            continue
+        seen = {p for p, _ in bare}
+        group_of = {}
+        for g, q in enumerate(r.qa):
+            group_of.setdefault(q.question, g)
+        for p, q in layouts[i]:
+            if p not in seen:
+                seen.add(p)
+                out.append((p, (side, i, group_of.get(q, ("q", q)))))
+    return out
+
+
 def _penultimate_block(model):
     """The decoder block whose output is ``hidden_states[-2]`` (GPT-2 ``transformer.h``, Llama-style
     ``model.layers``), or None when the layout is unknown or there is a single block."""
@@ -193,7 +319,8 @@ class GuardedModel(GenerationWrapper):
     the base model's; ``generate(input_ids=, attention_mask=, ...)`` decodes each row's prompt, runs the
     detector, and applies the decoding restriction to the detected rows only. Other attributes (``config``,
     ``generation_config``, ``obliviate_max_length``, ...) are the base model's. ``save_pretrained`` writes the
-    base model (weights are untouched: suppression cannot be saved into them) plus ``guard.json``."""
+    base model (weights are untouched: suppression cannot be saved into them) plus the guard (``guard.json`` and
+    ``guard.safetensors``; :func:`obliviate.guard.load_guarded` restores it)."""
 
     def __init__(self, guard: Guard):
         super().__init__(guard.model)
@@ -292,14 +419,9 @@ class GuardedModel(GenerationWrapper):
         return guard.processor(plan, prompt_len=int(input_ids.shape[1]))
 
     def save_pretrained(self, path, **kwargs):
-        import json
-        from pathlib import Path
-
-        from obliviate.config import as_dict
+        """The base model as ``save_pretrained`` writes it, then the guard beside it (safetensors + JSON with its
+        sha256; :mod:`obliviate.guard.saving`)."""
+        from obliviate.guard.saving import save_guard
 
         self.base.save_pretrained(path, **kwargs)
-        g = self._guard
-        meta = {"method": "guard", "guarantee": "suppression", "config": as_dict(g.config),
-                "detector": {k: v for k, v in g.detector_metrics.items()},
-                "note": "the weights are the unguarded model's; GUARD acts at generation time only"}
-        Path(path, "guard.json").write_text(json.dumps(meta, indent=2, default=str))
+        save_guard(self._guard, path)

@@ -178,6 +178,13 @@ class PhraseBank:
         self._emb: dict[int, object] = {}
         self.window_cache: dict[str, object] = {}  # SBERT embeddings of candidate windows, shared by processors
 
+    @classmethod
+    def from_phrases(cls, tokenizer, phrases: Sequence[Sequence[str]], config, embedder=None) -> "PhraseBank":
+        """A bank of given phrases per forget record (a saved guard's), no records needed."""
+        self = cls(tokenizer, [], [], config, embedder)
+        self.phrases = [list(p) for p in phrases]
+        return self
+
     def prefix_map(self, i: int) -> dict[tuple[int, ...], dict[int, float]]:
         """prefix (tuple of tokens) → {next token: matched fraction after it (1.0 = the phrase is complete)}."""
         if i not in self._prefix:

@@ -25,12 +25,12 @@ class GuardMethod(Method):
     reference = "Deng et al. 2025, GUARD (arXiv 2505.13312); design: methods.md §25.2"
 
     def unlearn(self, ctx):
-        forget, retain = forget_retain_records(ctx)
-        holdout = list(getattr(ctx.task.data, "holdout", []) or [])  # never trained on: general negatives
         model = ctx.model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        guard = Guard(model, ctx.tokenizer or ctx.task.tokenizer(), forget=forget, retain=retain, general=holdout,
-                      config=self.config, seed=ctx.seed)
+        # trained on the prompt layouts the task's evaluation sends (few-shot KnowMem prompts, template), with the
+        # retain and holdout records (never trained on) as negatives
+        guard = Guard.for_task(model, ctx.tokenizer or ctx.task.tokenizer(), ctx.task, ctx.forget_ids,
+                               ctx.retain_ids, config=self.config, seed=ctx.seed)
         ctx.extras["guard"] = guard.stats  # live: generation counts fill in during evaluation
         return guard.wrap()

@@ -421,11 +421,13 @@ class GivenModelTask(LanguageTask):
         return self._tokenizer
 
     def _load(self, md: ModelDir):
+        from obliviate.guard import load_guarded
+
         model = md.load()
         if getattr(self.options, "max_length", 0):
             # the cut-off obliviate.lm.max_length is to honour before the config's context (never saved)
             model.obliviate_max_length = int(self.options.max_length)
-        return model
+        return load_guarded(md.path, model, self.tokenizer())  # a directory saved with a guard is guarded again
 
     def build_model(self):
         """A fresh copy of the given model from its directory (weights checked against ``*.sha256`` if present)."""
