@@ -64,15 +64,21 @@ def truth_ratio(paraphrased_nll: np.ndarray, perturbed_nll: np.ndarray) -> np.nd
     >>> truth_ratio(np.array([1.0]), np.array([[2.0, 4.0]])).round(4)
     array([0.1353])
     """
-    para = _1d(paraphrased_nll, "paraphrased_nll")
-    pert = np.asarray(perturbed_nll, dtype=np.float64)
-    if pert.ndim != 2:
-        raise ValueError(f"perturbed_nll must be 2-D [n_samples, n_perturbations], got shape {pert.shape}")
-    if pert.shape[0] != para.shape[0]:
-        raise ValueError(f"paraphrased_nll has {para.shape[0]} samples but perturbed_nll has {pert.shape[0]}")
-    if pert.shape[1] == 0:
-        raise ValueError("perturbed_nll has no perturbations (shape [n, 0])")
+    para, pert = _paired(paraphrased_nll, "paraphrased_nll", perturbed_nll, "perturbed_nll", "perturbations")
     return np.exp(para - pert.mean(axis=1))
+
+
+def _paired(one, one_name: str, many, many_name: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """A per-sample vector [n] and its per-sample alternatives [n, m ≥ 1], validated together."""
+    a = _1d(one, one_name)
+    b = np.asarray(many, dtype=np.float64)
+    if b.ndim != 2:
+        raise ValueError(f"{many_name} must be 2-D [n_samples, n_{what}], got shape {b.shape}")
+    if b.shape[0] != a.shape[0]:
+        raise ValueError(f"{one_name} has {a.shape[0]} samples but {many_name} has {b.shape[0]}")
+    if b.shape[1] == 0:
+        raise ValueError(f"{many_name} has no {what} (shape [n, 0])")
+    return a, b
 
 
 def _tr(tr) -> np.ndarray:
@@ -284,14 +290,7 @@ def probability_w_options(correct_nll_mean, wrong_nll_mean) -> np.ndarray:
     >>> probability_w_options(np.array([0.0]), np.log([[2.0, 4.0]])).round(4)
     array([0.5714])
     """
-    c = _1d(correct_nll_mean, "correct_nll_mean")
-    w = np.asarray(wrong_nll_mean, dtype=np.float64)
-    if w.ndim != 2:
-        raise ValueError(f"wrong_nll_mean must be 2-D [n_samples, n_options], got shape {w.shape}")
-    if w.shape[0] != c.shape[0]:
-        raise ValueError(f"correct_nll_mean has {c.shape[0]} samples but wrong_nll_mean has {w.shape[0]}")
-    if w.shape[1] == 0:
-        raise ValueError("wrong_nll_mean has no wrong options (shape [n, 0])")
+    c, w = _paired(correct_nll_mean, "correct_nll_mean", wrong_nll_mean, "wrong_nll_mean", "options")
     pc, pw = np.exp(-c), np.exp(-w).sum(axis=1)
     return pc / (pc + pw + 1e-10)
 

@@ -40,6 +40,7 @@ import numpy as np
 
 from obliviate.errors import ConfigError, IntegrityError, ObliviateError
 from obliviate.tasks import register_task
+from obliviate.tasks.files import field_str
 from obliviate.tasks.text import QA, LanguageTask, TextData, TextRecord
 
 TEXT_KEYS = ("text", "subject")
@@ -123,26 +124,13 @@ def _read_jsonl(path: str, role: str, keys: tuple[str, ...]) -> tuple[list[tuple
     return out, hashlib.sha256(blob).hexdigest()
 
 
-def _string(obj: dict, key: str, where: str, required: bool) -> str | None:
-    if key not in obj:
-        if required:
-            raise ObliviateError(f"{where}: missing \"{key}\"")
-        return None
-    v = obj[key]
-    if not isinstance(v, str):
-        raise ObliviateError(f"{where}: \"{key}\" must be a string, got {type(v).__name__}")
-    if not v.strip():
-        raise ObliviateError(f"{where}: \"{key}\" is empty")
-    return v
-
-
 def _text_records(path: str, role: str) -> tuple[list[TextRecord], str]:
     rows, digest = _read_jsonl(path, role, TEXT_KEYS)
     out = []
     for n, obj in rows:
         where = f"{Path(path)} line {n}"
-        text = _string(obj, "text", where, required=True)
-        subject = _string(obj, "subject", where, required=False) or f"{role}:{n}"
+        text = field_str(obj, "text", where, required=True)
+        subject = field_str(obj, "subject", where, required=False) or f"{role}:{n}"
         out.append(TextRecord(subject=subject, text=text))
     return out, digest
 
@@ -152,10 +140,10 @@ def _qa_pairs(path: str, role: str) -> tuple[list[tuple[int, str | None, QA]], s
     out = []
     for n, obj in rows:
         where = f"{Path(path)} line {n}"
-        question = _string(obj, "question", where, required=True)
-        answer = _string(obj, "answer", where, required=True)
-        subject = _string(obj, "subject", where, required=False)
-        paraphrased = _string(obj, "paraphrased", where, required=False)
+        question = field_str(obj, "question", where, required=True)
+        answer = field_str(obj, "answer", where, required=True)
+        subject = field_str(obj, "subject", where, required=False)
+        paraphrased = field_str(obj, "paraphrased", where, required=False)
         perturbed = obj.get("perturbed", [])
         if not isinstance(perturbed, list) or not all(isinstance(w, str) and w.strip() for w in perturbed):
             raise ObliviateError(f"{where}: \"perturbed\" must be a list of non-empty strings")
