@@ -290,7 +290,7 @@ def probability_w_options(correct_nll_mean, wrong_nll_mean) -> np.ndarray:
     >>> probability_w_options(np.array([0.0]), np.log([[2.0, 4.0]])).round(4)
     array([0.5714])
     """
-    c, w = _paired(correct_nll_mean, "correct_nll_mean", wrong_nll_mean, "wrong_nll_mean", "options")
+    c, w = _paired(correct_nll_mean, "correct_nll_mean", wrong_nll_mean, "wrong_nll_mean", "wrong options")
     pc, pw = np.exp(-c), np.exp(-w).sum(axis=1)
     return pc / (pc + pw + 1e-10)
 
