@@ -21,11 +21,12 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/obliviate demo
 
+# the suite runs on two workers (pytest-xdist): every test is independent (its own temp dirs, ports, databases)
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 bench: install
 	$(PY) benchmarks/foundation.py
