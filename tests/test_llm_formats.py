@@ -327,3 +327,20 @@ def test_muse_run_uses_published_retrain_auc_without_oracle(world, cli, tmp_path
         assert m["privleak"] == pytest.approx((m["privleak_auc"] - 0.4772) / 0.4772 * 100)
         assert {"verbmem_f", "knowmem_f", "knowmem_r", "mia_min_k", "mia_gradnorm"} <= set(m)
     assert "oracle" not in report["metrics"] or not report["metrics"]["oracle"]
+
+
+def test_guard_on_muse_learns_the_knowmem_questions(world):
+    """MUSE's KnowMem questions belong to no chunk: GUARD takes each side's QA set as one more record, so the
+    prompts KnowMem sends are its detector's positives (forget) and negatives (retain)."""
+    from obliviate.guard import Guard
+    from obliviate.metrics.language import knowmem_prompts
+
+    task = muse_task(world, icl_shots=2)
+    retain_ids = np.setdiff1d(np.arange(task.data.n_train), task.forget_ids)
+    guard = Guard.for_task(task.build_model(), task.tokenizer(), task, task.forget_ids, retain_ids, seed=0)
+    forget_q = [q.question for q in task.data.qa_sets["forget"]]
+    retain_q = [q.question for q in task.data.qa_sets["retain"]]
+    assert [q.question for q in guard.forget[-1].qa] == forget_q and guard.forget[-1].subject == "forget QA set"
+    labelled = dict(zip(guard.prompts, guard.labels))
+    assert all(labelled[p] == 1 for p in knowmem_prompts(task, forget_q, "forget"))
+    assert all(labelled[p] == 0 for p in knowmem_prompts(task, retain_q, "retain"))

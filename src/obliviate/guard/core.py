@@ -161,6 +161,15 @@ class Guard:
         layouts = {"forget": task_layouts(task, forget_ids, "forget"),
                    "retain": task_layouts(task, retain_ids, "retain"),
                    "general": [_layouts_of(task, [q.question for q in r.qa], None) for r in holdout]}
+        # a QA set of its own (MUSE's knowmem files: about the corpus, tied to no chunk) is one more record of
+        # its side, so the questions KnowMem asks are the detector's positives / negatives too
+        from obliviate.tasks.text import TextRecord
+
+        for role, records in (("forget", forget), ("retain", retain)):
+            qa = (getattr(task.data, "qa_sets", None) or {}).get(role)
+            if qa:
+                records.append(TextRecord(subject=f"{role} QA set", text="", qa=tuple(qa)))
+                layouts[role].append(_layouts_of(task, [q.question for q in qa], role))
         return cls(model, tokenizer, forget=forget, retain=retain, general=holdout, config=config, seed=seed,
                    embedder=embedder, layouts=layouts)
 
