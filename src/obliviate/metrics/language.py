@@ -321,11 +321,11 @@ def _mia(ev: Evaluation, reference: bool = False) -> dict[str, Any] | None:
     if samples is None or model is None:
         return None
     forget, holdout, eos = samples
-    f, h = _mia_stats(model, ev, forget, eos), _mia_stats(model, ev, holdout, eos)
-    tok = _tok(ev)
-    out = {"forget": f, "holdout": h,
-           "gradnorm": (_lm_mia().gradnorm_scores(model, tok, forget, ev.device, eos=eos),
-                        _lm_mia().gradnorm_scores(model, tok, holdout, ev.device, eos=eos))}
+    out = {"forget": _mia_stats(model, ev, forget, eos), "holdout": _mia_stats(model, ev, holdout, eos)}
+    if not reference:  # the oracle's statistics serve the Reference attack and PrivLeak; GradNorm is the model's
+        tok = _tok(ev)
+        out["gradnorm"] = (_lm_mia().gradnorm_scores(model, tok, forget, ev.device, eos=eos),
+                           _lm_mia().gradnorm_scores(model, tok, holdout, ev.device, eos=eos))
     return out
 
 
@@ -473,8 +473,8 @@ def tofu_utility_parts(retain, real_authors, world_facts, rouge_retain, rouge_ra
     for name, (s, r) in sets.items():
         if s is None or r is None or s["truth_ratio"] is None:
             return None
-        prob = s["answers"].nll_mean if name == "retain" else None
-        parts[f"{name}_prob"] = (_mean(tofu.probability(prob)) if name == "retain" else _mean(s["prob_options"]))
+        parts[f"{name}_prob"] = (_mean(tofu.probability(s["answers"].nll_mean)) if name == "retain"
+                                 else _mean(s["prob_options"]))
         parts[f"{name}_rouge"] = _mean(r["recall"])
         parts[f"{name}_truth_ratio"] = tofu.truth_ratio_true_better(s["truth_ratio"])
     return parts

@@ -24,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from obliviate.metrics.muse import _scores_1d  # the AUC inputs are checked as MUSE's are
+
 __all__ = ["ATTACKS", "loss_score", "zlib_score", "min_k_score", "min_k_plus_plus_score", "reference_score",
            "vocab_moments", "gradnorm_scores", "auc_ou"]
 
@@ -289,18 +291,6 @@ def auc_ou(forget_scores, holdout_scores) -> float:
     """
     from sklearn.metrics import roc_auc_score
 
-    f, h = _auc_side(forget_scores, "forget_scores"), _auc_side(holdout_scores, "holdout_scores")
+    f, h = _scores_1d(forget_scores, "forget_scores"), _scores_1d(holdout_scores, "holdout_scores")
     y = np.concatenate([np.zeros(f.size), np.ones(h.size)])
     return float(roc_auc_score(y, np.concatenate([f, h])))
-
-
-def _auc_side(x, name: str) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (one score per sample), got shape {a.shape}")
-    if a.size == 0:
-        raise ValueError(f"{name} is empty: the AUC needs at least one score per split")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains non-finite values (NaN/inf), e.g. a GradNorm of a sample with no "
-                         f"scored token")
-    return a
