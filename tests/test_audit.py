@@ -19,8 +19,9 @@ from conftest import TINY_AUTHORS, TINY_LM_TRAIN
 
 FORGET = "subjects:2"
 GA = {"lr": 3e-3, "epochs": 3, "batch_size": 8}
-# band 0.8: gradient ascent's KnowMem_f comes back to ~0.87 within 20 relearning steps, the oracle's stays < 0.5
-GA_AUDIT = {"band": 0.8, "max_steps": 60}
+# band 0.8: gradient ascent's KnowMem_f comes back above 0.8 within about 40 relearning steps (25–40: the count moves
+# with float rounding, GA being chaotic at lr 3e-3), the oracle's stays below 0.6 for 120
+GA_AUDIT = {"band": 0.8, "max_steps": 120}
 TINY_SET = ([f"--set={k}={v}" for k, v in TINY_AUTHORS.items()]
             + [f"--set=train.{k}={v}" for k, v in TINY_LM_TRAIN.items()])
 TOP_KEYS = {"schema", "task", "task_kind", "method", "guarantee", "seed", "device", "forget", "retain", "config",

@@ -202,7 +202,8 @@ def _steering_mse(task, model, texts, layer: int = 0) -> float:
 @families
 @pytest.mark.parametrize("run", list(RUNS))
 def test_method_runs_end_to_end_on_family(world, family, run):
-    """``obliviate.unlearn`` on the family's hf task trains a copy (the original is untouched): every weight for
+    """``obliviate.unlearn`` on the family's hf task trains the loaded model in place (no copy in memory) and the
+    original, loaded again from its directory, is unchanged: every weight moves for
     the gradient methods, with LoRA exactly the default target modules (adapters merged back), for RMU only the
     default MLP projection. GA and NPO make the forget texts less likely; RMU moves the forget activations of its
     block toward the control vector, more than the retain ones (a random model's near-uniform output barely
@@ -214,7 +215,9 @@ def test_method_runs_end_to_end_on_family(world, family, run):
     result = obliviate.unlearn(task, method, seed=0, oracle=False, use_cache=False, **settings)
     assert result.report["forget"]["n"] == len(FORGET) and result.report["task"] == "hf"
     assert type(result.model) is type(original)
-    assert all(torch.equal(v, before[k]) for k, v in original.state_dict().items())
+    assert result.original is not result.model
+    assert all(torch.equal(v, before[k]) for k, v in result.original.state_dict().items())
+    original = result.original
     after = result.model.state_dict()
     changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
     _, prefix, proj, targets = LAYOUT[family]

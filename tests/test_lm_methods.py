@@ -19,7 +19,7 @@ from obliviate.config import build_config
 from obliviate.errors import ConfigError
 from obliviate.lm import collate, encode_all, score, sequence_nll
 from obliviate.methods import UnlearnContext
-from obliviate.methods._lm import LMOptimConfig, forget_retain_batches, kl_to_reference
+from obliviate.methods._lm import LMOptimConfig, LMRun, kl_to_reference
 from obliviate.methods.lm_gradient import npo_loss, simnpo_loss
 
 FORGET = (0, 1)  # the authors forgotten
@@ -245,15 +245,21 @@ def test_kl_retain_term_is_a_true_kl_on_completion_tokens(tiny_lm):
     tok = task.tokenizer()
     batch = collate(encode_all(tok, _pairs(task, [5, 6]), 128), tok.pad_token_id, "cpu")
     moved = _run(tiny_lm, "gradient_ascent", **FAST)
+    cls = obliviate.get_method("ga_klr", "language")
+    run = LMRun(_context(tiny_lm, cls), build_config(LMOptimConfig, {}), reference="model")
+    assert run.ref_kind == "starting weights swapped in"
     with torch.no_grad():
-        assert float(kl_to_reference(original, original, batch)) == 0.0
-        kl = float(kl_to_reference(moved, original, batch))
+        assert float(kl_to_reference(run, batch)) == 0.0
+        run.model.load_state_dict(moved.state_dict())  # the trained weights move; the reference stays the original
+        kl = float(kl_to_reference(run, batch))
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
         p = F.softmax(original(**inputs).logits[:, :-1].double(), -1)
         q = F.softmax(moved(**inputs).logits[:, :-1].double(), -1)
     mask = batch["labels"][:, 1:] != -100
     per_token = (p * (p.log() - q.log())).sum(-1)
-    assert kl > 0.1 and kl == pytest.approx(float(per_token[mask].mean()), rel=1e-4)
+    per_sequence = (per_token * mask).sum(1) / mask.sum(1)  # each sequence's completion tokens, then sequences
+    assert kl > 0.1 and kl == pytest.approx(float(per_sequence.mean()), rel=1e-4)
+    assert kl != pytest.approx(float(per_token[mask].mean()), rel=1e-3)
     assert kl != pytest.approx(float(per_token[batch["attention_mask"][:, 1:].bool()].mean()), rel=1e-3)
 
 
@@ -261,16 +267,17 @@ def test_batches_anchor_on_forget_with_same_size_retain_partners(tiny_lm):
     cls = obliviate.get_method("grad_diff", "language")
     ctx = _context(tiny_lm, cls)
     cfg = build_config(LMOptimConfig, {"batch_size": 5, "epochs": 2})
-    steps = list(forget_retain_batches(ctx, cfg, ctx.generator()))
-    assert [len(f["input_ids"]) for f, _ in steps] == [5, 5, 5, 1] * 2
-    assert all(len(r["input_ids"]) == len(f["input_ids"]) for f, r in steps)
+    run = LMRun(ctx, cfg)
+    steps = list(run.batches())
+    assert [len(f) for f, _ in steps] == [5, 5, 5, 1] * 2
+    assert all(len(r) == len(f) for f, r in steps)
     tok = ctx.tokenizer
     expected = sorted(tuple(e.ids) for e in encode_all(tok, ctx.forget_pairs, 128))
     for epoch in (steps[:4], steps[4:]):  # every forget sequence exactly once per epoch
-        seen = sorted(tuple(row[m.bool()].tolist()) for f, _ in epoch for row, m in zip(f["input_ids"], f["attention_mask"]))
+        seen = sorted(tuple(run.forget[i].ids) for f, _ in epoch for i in f)
         assert seen == expected
     capped = build_config(LMOptimConfig, {"batch_size": 5, "epochs": 2, "max_steps": 3})
-    assert len(list(forget_retain_batches(ctx, capped, ctx.generator()))) == 3
+    assert len(list(LMRun(_context(tiny_lm, cls), capped).batches())) == 3
 
 
 # -- task vector ---------------------------------------------------------------------------------------------------

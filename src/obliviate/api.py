@@ -37,8 +37,15 @@ PER_EXAMPLE_LIMIT = 5000
 class RunResult:
     model: torch.nn.Module
     report: dict[str, Any]
-    original: torch.nn.Module | None = None
+    #: the original, or a function that loads it again (a given model is unlearned in place, not copied)
+    _original: Any = None
     oracle: torch.nn.Module | None = None
+
+    @property
+    def original(self) -> torch.nn.Module | None:
+        if self._original is not None and not isinstance(self._original, torch.nn.Module):
+            self._original = self._original()
+        return self._original
 
 
 # -- validation and routing of --set keys ---------------------------------------------------------------
@@ -123,12 +130,13 @@ def _as_task(task: str | Task, options: dict[str, Any]) -> Task:
 
 def _context(task: Task, method: Method, original: torch.nn.Module, request: ForgetRequest,
              recipe, seed: int, device: torch.device, runtime: Runtime,
-             retain_ids: np.ndarray | None = None) -> UnlearnContext:
+             retain_ids: np.ndarray | None = None, in_place: bool = False) -> UnlearnContext:
     forget_ids = request.ids
     if retain_ids is None:
         retain_ids = np.setdiff1d(np.arange(task.n_train), forget_ids)
     if task.kind == "language":
-        return _language_context(task, method, original, forget_ids, retain_ids, recipe, seed, device, runtime)
+        return _language_context(task, method, original, forget_ids, retain_ids, recipe, seed, device, runtime,
+                                 in_place)
     d = task.data
     xf, yf = to_tensors(d.x_train[forget_ids], d.y_train[forget_ids], device)
     xr, yr = to_tensors(d.x_train[retain_ids], d.y_train[retain_ids], device)
@@ -144,14 +152,17 @@ def _context(task: Task, method: Method, original: torch.nn.Module, request: For
         forget_ids=forget_ids, retain_ids=retain_ids, recipe=recipe, seed=seed, device=device, runtime=runtime)
 
 
-def _language_context(task, method, original, forget_ids, retain_ids, recipe, seed, device, runtime):
-    """A language method's data: the (prompt, completion) sequences of the forget and retain records."""
+def _language_context(task, method, original, forget_ids, retain_ids, recipe, seed, device, runtime,
+                      in_place: bool = False):
+    """A language method's data: the (prompt, completion) sequences of the forget and retain records.
+    ``in_place``: the method trains ``original`` itself and gets no separate original (a given model, already
+    evaluated and reloadable from its directory; the methods keep their reference without a second copy)."""
     needs = method.needs
-    model = copy.deepcopy(original).to(device)
+    model = original.to(device) if in_place else copy.deepcopy(original).to(device)
     for p in model.parameters():
         p.requires_grad_(True)
     return UnlearnContext(
-        task=task, model=model, original=original.to(device) if "original" in needs else None,
+        task=task, model=model, original=original.to(device) if "original" in needs and not in_place else None,
         x_forget=None, y_forget=None, x_retain=None, y_retain=None, forget_ids=forget_ids, retain_ids=retain_ids,
         recipe=recipe, seed=seed, device=device, runtime=runtime, tokenizer=task.tokenizer(),
         forget_pairs=[s for i in forget_ids for s in task.sequences(int(i))],
@@ -331,6 +342,13 @@ class Session:
                 self._originals[seed] = train_original(self.task, self.recipe, seed, self.device, self.store)
         return self._originals[seed]
 
+    def release_original(self, seed: int) -> None:
+        """Forget the loaded given model (it is about to be trained in place); :meth:`original` loads it again."""
+        self._originals.pop(seed, None)
+        release = getattr(self.task, "release_original", None)
+        if release is not None:
+            release()
+
     def oracle(self, seed: int, request: ForgetRequest, retain_ids: np.ndarray | None = None):
         """The retrain oracle without ``request``'s ids (trained on ``retain_ids`` when given); ``(None, None)``
         for a given model without a given oracle."""
@@ -486,30 +504,52 @@ class Session:
             original, orig_meta = self.original(seed)
         evaluation_cache = evaluation_cache if evaluation_cache is not None else {}
 
-        source = original if start is None else start[0]
-        ctx = _context(task, method, source, request, self.recipe, seed, self.device, self.runtime, retain_ids)
-        if system is not None:
-            ctx.extras["system"] = system
-        model, unlearn_time = _apply(method, ctx, request)
-
-        oracle_model, oracle_meta = (self.oracle(seed, request, retain_ids) if with_oracle else (None, None))
-        oracle_note = None
-        if with_oracle and oracle_model is None:
-            with_oracle = False
-            oracle_note = ("not available: the model is given, not trained; pass a model trained without the "
-                           "forget data with --set oracle=DIR")
-        ref_sha = oracle_meta["sha256"] if oracle_meta else None
+        # a given language model is evaluated first and then unlearned in place: it is never copied in memory
+        # (a 7B model and its copy would not fit one GPU), and is loaded again from its directory when needed.
+        # Otherwise the oracle comes after the unlearning, so a method that fails leaves no oracle in the cache.
+        in_place = task.kind == "language" and start is None and system is None and self.given_model
+        metrics, per_example = {}, {}
+        oracle_model = oracle_meta = oracle_note = None
+        evaluated = {}
 
         def cached_eval(role, model, sha, reference=None):
-            key = (role, sha, ref_sha if reference is not None else None, seed, request.sha256,
+            key = (role, sha, oracle_meta["sha256"] if reference is not None else None, seed, request.sha256,
                    ids_sha256(retain_ids))
             if key not in evaluation_cache:
                 evaluation_cache[key] = _evaluate(task, model, request.ids, retain_ids, seed, self.device, per_ex,
                                                   reference)
             return evaluation_cache[key]
 
-        metrics, per_example = {}, {}
-        metrics["original"], per_example["original"] = cached_eval("original", original, orig_meta["sha256"], oracle_model)
+        def before_unlearned():
+            nonlocal oracle_model, oracle_meta, oracle_note, with_oracle
+            oracle_model, oracle_meta = (self.oracle(seed, request, retain_ids) if with_oracle else (None, None))
+            if with_oracle and oracle_model is None:
+                with_oracle = False
+                oracle_note = ("not available: the model is given, not trained; pass a model trained without the "
+                               "forget data with --set oracle=DIR")
+            evaluated["original"] = cached_eval("original", original, orig_meta["sha256"], oracle_model)
+            if with_oracle:
+                evaluated["oracle"] = cached_eval("oracle", oracle_model, oracle_meta["sha256"], oracle_model)
+
+        if in_place:
+            before_unlearned()
+            self.release_original(seed)
+            if oracle_model is not None and self.device.type != "cpu":
+                oracle_model.cpu()  # off the device while the model trains
+        source = original if start is None else start[0]
+        ctx = _context(task, method, source, request, self.recipe, seed, self.device, self.runtime, retain_ids,
+                       in_place=in_place)
+        if system is not None:
+            ctx.extras["system"] = system
+        model, unlearn_time = _apply(method, ctx, request)
+        if in_place:
+            original = lambda: self.original(seed)[0]  # noqa: E731 — loaded again only if something asks
+            if oracle_model is not None:
+                oracle_model.to(self.device)
+        else:
+            before_unlearned()
+        metrics["original"], per_example["original"] = evaluated["original"]
+
         metrics["unlearned"], per_example["unlearned"] = _evaluate(task, model, request.ids, retain_ids, seed,
                                                                    self.device, per_ex, oracle_model)
         time_s = {"train": orig_meta.get("train_time_s"), "unlearn": unlearn_time}
@@ -519,8 +559,7 @@ class Session:
         avg = None
         if with_oracle:
             # the oracle against itself: oracle-relative metrics are 0 there, so their gap is the value itself
-            metrics["oracle"], per_example["oracle"] = cached_eval("oracle", oracle_model, oracle_meta["sha256"],
-                                                                   oracle_model)
+            metrics["oracle"], per_example["oracle"] = evaluated["oracle"]
             time_s["oracle"] = oracle_meta.get("train_time_s")
             models["oracle"] = {"sha256": oracle_meta["sha256"], "cached": oracle_meta["cached"]}
             gap = gaps(metrics["unlearned"], metrics["oracle"])
@@ -528,6 +567,8 @@ class Session:
         relearn_block = None
         if relearn is not None:
             kind = task.kind
+            if not isinstance(original, torch.nn.Module):
+                original = original()
             original_value = forget_metric(kind, original, task.data.x_train[request.ids],
                                            task.data.y_train[request.ids], self.device)
             target = target_value(kind, original_value, relearn.alpha)
@@ -559,6 +600,8 @@ class Session:
         }
         if oracle_note:
             report["oracle"] = oracle_note
+        if "lm_run" in ctx.extras:  # how a language method trained: precision, micro-batches, reference, memory
+            report["lm_run"] = ctx.extras["lm_run"]
         for key in ("guard", "filter"):  # suppression layers: detector quality and generation counts (live dicts)
             if key in ctx.extras:
                 report[key] = copy.deepcopy(ctx.extras[key])
@@ -605,6 +648,9 @@ def unlearn(task: str | Task, method: str | Method, forget: str | None = None, *
     relearn_cfg = _check_relearn(_relearn_config(relearn), task_obj)
     request = resolve(forget or task_obj.default_forget, task_obj, seed)
     dev = resolve_device(device)
+    from obliviate.memory import check_fits  # a given LM whose run cannot fit the device: refused before loading
+
+    check_fits(task_obj, method_obj, dev)
     runtime = Runtime(device=dev, executor=executor, ray_address=ray_address, workers=workers)
     session = Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache), runtime)
     session.check_scal_sust(method_obj, request, scal, sust)
@@ -668,6 +714,10 @@ def bench(task: str | Task, methods: list[str], forget: str | None = None, *, se
         raise ObliviateError("--seeds must be at least 1")
     requests = {s: resolve(forget, task_obj, s) for s in seed_list}
     dev = resolve_device(device)
+    from obliviate.memory import check_fits  # a given LM whose run cannot fit the device: refused before loading
+
+    for m in method_objs:
+        check_fits(task_obj, m, dev)
     runtime = Runtime(device=dev, executor=executor, ray_address=ray_address, workers=workers)
     session = Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache), runtime)
     runs, evaluations = [], {}

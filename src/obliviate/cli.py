@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from obliviate import api
+from obliviate import api, dist
 from obliviate.config import split_overrides
 from obliviate.errors import ObliviateError
 from obliviate.exact.cli_s3t import s3t_app
@@ -76,6 +76,15 @@ def _print_run(r: dict[str, Any]) -> None:
         out.print(f"relearn: {rl['band']} (target {rl['target']:.4f}), adam lr {rl['lr']:g} on the {rl['data']}, "
                   f"at most {rl['max_steps']} steps" + (f"; SATURATED (bound, not a value): {', '.join(sat)}"
                                                         if sat else ""))
+    if "lm_run" in r:
+        lr = r["lm_run"]
+        peak = f", peak {lr['peak_memory_bytes'] / 2 ** 30:.2f} GiB" if "peak_memory_bytes" in lr else ""
+        out.print(f"training: {lr['precision']}, {lr['steps']} steps of {lr['batch_size']} sequences in "
+                  f"{lr['grad_accum']} micro-batch(es) × {lr['processes']} process(es)"
+                  + (", gradient checkpointing" if lr["grad_checkpointing"] else "")
+                  + (f", LoRA r={lr['lora_r']}" if lr["lora_r"] else "") + f"; reference: {lr['reference']}{peak}")
+        for w in lr.get("warnings", []):
+            out.print(w)
     if "exact" in r:
         e = r["exact"]
         out.print(f"deletion ({e['scheme']}): {e['deleted']} id(s) in shard(s) {e['shards_touched']}; "
@@ -121,12 +130,15 @@ def run(task: str = typer.Option(..., "--task", help="task name (see `obliviate 
         save_model: Optional[str] = typer.Option(None, "--save-model", help="write the unlearned model (.safetensors + "
                                                  ".sha256; for a language task an HF model directory, with a GUARD "
                                                  "detector beside the weights when the method guards)"),
+        shard_size: str = typer.Option("5GB", "--shard-size", help="with --save-model on a language task: weights "
+                                       "over this size are written as safetensors shards with an index (e.g. 2GB)"),
         cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="model cache (default $OBLIVIATE_CACHE or ~/.cache/obliviate)"),
         no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the model cache"),
         executor: str = ExecutorOpt, ray_address: Optional[str] = RayOpt,
         relearn: bool = RelearnOpt, scal: Optional[str] = ScalOpt, sust: Optional[int] = SustOpt,
         quiet: bool = typer.Option(False, "--quiet", help="no progress bars or table")) -> None:
     """Train (or load) the original, unlearn, compare with the retrain oracle, print a table."""
+    shard_bytes = _shard_bytes(shard_size)
     _quiet(quiet)
     for path, flag in ((json_path, "--json"), (html_path, "--html")):
         check_output_path(path, flag)
@@ -137,6 +149,8 @@ def run(task: str = typer.Option(..., "--task", help="task name (see `obliviate 
                          executor=executor, ray_address=ray_address, relearn=relearn, scal=_parse_scal(scal),
                          sust=sust, **per_method[method])
     report = result.report
+    if not dist.is_main():  # under a launcher every process ran the same command; rank 0 writes and prints
+        return
     if save_model:
         report["models"]["unlearned"]["path"] = save_model
         if report["task_kind"] == "language":
@@ -146,7 +160,8 @@ def run(task: str = typer.Option(..., "--task", help="task name (see `obliviate 
 
             tokenizer = get_task(task, **task_opts).tokenizer()
             remove_saved_guard(save_model)  # an earlier save's guard must never wrap these weights
-            report["models"]["unlearned"]["sha256"] = save_hf_dir(result.model, tokenizer, save_model)
+            report["models"]["unlearned"]["sha256"] = save_hf_dir(result.model, tokenizer, save_model,
+                                                                  max_shard_size=shard_bytes)
             guard = saved_guard_info(save_model)  # GUARD (or a filter over it) writes its detector beside them
             if guard is not None:
                 report["models"]["unlearned"]["guard"] = {**guard, "restore": "obliviate.guard.load_guarded"}
@@ -160,6 +175,16 @@ def run(task: str = typer.Option(..., "--task", help="task name (see `obliviate 
         write_html(report, html_path)
     if not quiet:
         _print_run(report)
+
+
+def _shard_bytes(text: str) -> int:
+    """``--shard-size`` in bytes (5GB, 500MB, 2GiB or a byte count), checked before anything runs."""
+    from obliviate.memory import parse_size
+
+    value = parse_size(text, "--shard-size")
+    if value < 1:
+        raise ObliviateError(f"--shard-size: expected a positive size such as 5GB, got {text!r}")
+    return value
 
 
 def _check_save_model(path: str | None, task: str) -> None:
@@ -196,7 +221,7 @@ def _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cac
     for path, flag in ((json_path, "--json"), (html_path, "--html")):
         check_output_path(path, flag)
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    progress = (lambda r: None) if quiet else (
+    progress = (lambda r: None) if quiet or not dist.is_main() else (
         lambda r: err.print(f"  {r['method']:<16} seed {r['seed']}  avg_gap {_fmt(r['avg_gap'])}  "
                             f"unlearn {r['time_s']['unlearn']:.2f}s"
                             + (f"  challenge F {r['challenge']['forgetting_quality']:.4f} score "
@@ -205,6 +230,8 @@ def _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cac
                     cache_dir=cache_dir, use_cache=not no_cache, on_run=progress, executor=executor,
                     ray_address=ray_address, challenge=challenge or 0, relearn=relearn, scal=_parse_scal(scal),
                     sust=sust)
+    if not dist.is_main():  # rank 0 writes and prints
+        return doc
     if json_path:
         write_json(doc, json_path)
     if html_path:
@@ -355,6 +382,67 @@ def audit_cmd(task: str = typer.Option(..., "--task", help="a language task (see
         write_html(doc, html_path)
     if not quiet:
         _print_audit(doc)
+
+
+@app.command("plan")
+def plan_cmd(task: str = typer.Option(..., "--task", help="a language task with a given model (hf, tofu, muse)"),
+             method: str = typer.Option(..., "--method", help="method name (see `obliviate methods`)"),
+             set_: Optional[List[str]] = SetOpt,
+             device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (cuda also plans for a GPU "
+                                                                "this machine lacks; size it with "
+                                                                "OBLIVIATE_DEVICE_MEMORY)"),
+             json_path: Optional[str] = typer.Option(None, "--json", help="write the obliviate.plan/1 estimate "
+                                                     "here")) -> None:
+    """Estimate a language method's peak memory on the device before running it: reads the model's config and
+    the texts, never the weights. `obliviate run` refuses a run whose estimate exceeds the visible memory."""
+    from obliviate import memory
+    from obliviate.tasks import get_task, task_class
+    from obliviate.tasks.hf import GivenModelTask
+
+    check_output_path(json_path, "--json")
+    if not issubclass(task_class(task), GivenModelTask):
+        raise ObliviateError(f"obliviate plan needs a language task with a given model directory (hf, tofu, "
+                             f"muse); {task} has none")
+    task_opts, _, per_method = api.route_overrides(task, [method], split_overrides(set_ or []))
+    task_obj = get_task(task, **task_opts)
+    doc = memory.plan(task_obj, api.build_method(method, per_method[method], task_obj), device)
+    if json_path:
+        write_json(doc, json_path)
+    _print_plan(doc)
+
+
+def _print_plan(doc: dict[str, Any]) -> None:
+    """Components and total in GiB (MiB for a model under 1 GiB), the verdict, and suggestions that fit."""
+    from obliviate.memory import GIB, format_bytes
+
+    unit, size = ("GiB", GIB) if doc["total"] >= GIB else ("MiB", 2 ** 20)
+    t = Table(title=f"memory plan: {doc['method']} on {doc['task']} · {doc['device']}")
+    t.add_column("component")
+    t.add_column(unit, justify="right")
+    core = ("weights", "reference", "gradients", "optimizer states", "activations", "logits")
+    for name, value in doc["components"].items():
+        if value or (doc["trainable"] and name in core):
+            t.add_row(name, f"{value / size:.2f}")
+    t.add_row(f"[bold]total[/bold] (peak: {doc['peak_phase']})", f"[bold]{doc['total'] / size:.2f}[/bold]")
+    visible = doc["visible"]
+    t.add_row("visible memory", "unknown" if visible is None else f"{visible / size:.2f}")
+    out.print(t)
+    out.print(f"parameters: {doc['parameters']:,}, trainable: {doc['trainable']:,}")
+    if visible is None:
+        out.print(f"visible memory of {doc['device']} unknown here: set OBLIVIATE_DEVICE_MEMORY (e.g. 80GiB)")
+    else:
+        out.print("[bold green]fits[/bold green]" if doc["fits"] else "[bold red]does not fit[/bold red]")
+    for where, value in doc["other_devices"].items():
+        out.print(f"also on {where}: {format_bytes(value)}")
+    for note in doc["notes"]:
+        out.print(f"  {note}", markup=False, highlight=False)
+    if doc["suggestions"]:
+        s = Table(title="to fit, try --set")
+        for col in ("setting", unit, "fits"):
+            s.add_column(col, justify="left" if col == "setting" else "right")
+        for item in doc["suggestions"]:
+            s.add_row(item["setting"], f"{item['total'] / size:.2f}", "yes" if item["fits"] else "no")
+        out.print(s)
 
 
 @app.command("methods")

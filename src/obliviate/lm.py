@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from obliviate import dist
 from obliviate.training import make_optimizer, progress_bar, seed_everything
 
 IGNORE = -100
@@ -31,6 +32,12 @@ Pair = tuple[str, str]  # (prompt, completion)
 class Encoded:
     ids: list[int]
     n_prompt: int  # tokens before the completion (BOS included); labels start after them
+
+
+def eval_batch_size(model) -> int:
+    """Sequences per forward pass when scoring or generating: the task's ``eval_batch_size`` (set on the model it
+    loads as ``obliviate_eval_batch_size``), else 32."""
+    return int(getattr(model, "obliviate_eval_batch_size", None) or 32)
 
 
 def max_length(model) -> int:
@@ -98,12 +105,56 @@ def collate(items: Sequence[Encoded], pad_id: int, device) -> dict[str, torch.Te
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
+#: rows of the vocabulary-wide fp32 work tensor: at most this many elements are upcast at a time
+_CHUNK_ELEMENTS = 1 << 24
+
+
+class _TokenLogprob(torch.autograd.Function):
+    """log p(label) per position from logits in any dtype without an fp32 copy of the whole [B, T, V] tensor:
+    the chosen token's logit is gathered before upcasting, the log-sum-exp is computed over chunks of rows in
+    fp32, and the backward pass rebuilds softmax chunk by chunk. Only the logits (in their own dtype), the labels
+    and one fp32 value per position are kept for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, logits, labels):
+        flat = logits.reshape(-1, logits.shape[-1])
+        lab = labels.reshape(-1, 1)
+        rows = max(1, _CHUNK_ELEMENTS // flat.shape[-1])
+        lse = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
+        for s in range(0, flat.shape[0], rows):
+            lse[s:s + rows] = torch.logsumexp(flat[s:s + rows].float(), dim=-1)
+        out = flat.gather(1, lab).squeeze(1).float() - lse
+        ctx.save_for_backward(logits, labels, lse)
+        return out.view(labels.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, labels, lse = ctx.saved_tensors
+        flat = logits.reshape(-1, logits.shape[-1])
+        lab, g = labels.reshape(-1, 1), grad_out.reshape(-1, 1).float()
+        grad = torch.empty_like(flat)
+        rows = max(1, _CHUNK_ELEMENTS // flat.shape[-1])
+        for s in range(0, flat.shape[0], rows):
+            e = s + rows
+            part = -(flat[s:e].float() - lse[s:e, None]).exp() * g[s:e]  # d log p_y / d z = 1[y] − softmax(z)
+            part.scatter_add_(1, lab[s:e], g[s:e])
+            grad[s:e] = part.to(grad.dtype)
+        return grad.view_as(logits), None
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[label] in fp32 for every position (labels ≥ 0, same leading shape); differentiable,
+    and never materialises the whole vocabulary-wide tensor in fp32 (:class:`_TokenLogprob`)."""
+    return _TokenLogprob.apply(logits, labels)
+
+
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token NLL of the next-token predictions (shifted) and the mask of scored tokens, both [B, T−1]."""
-    logits, labels = logits[:, :-1].float(), labels[:, 1:]
-    mask = labels != IGNORE
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.clamp_min(0).reshape(-1),
-                          reduction="none").view(labels.shape)
+    """Per-token NLL of the next-token predictions (shifted) and the mask of scored tokens, both [B, T−1], in fp32
+    whatever the logits' dtype (:func:`token_logprobs`)."""
+    # the last position predicts nothing: its label is padding, so the full (contiguous) logits need no copy
+    shifted = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE)], dim=1)
+    nll = -token_logprobs(logits, shifted.clamp_min(0))[:, :-1]
+    mask = shifted[:, :-1] != IGNORE
     return nll * mask, mask
 
 
@@ -202,7 +253,7 @@ class Scores:
 
 
 @torch.inference_mode()
-def score(model, tokenizer, pairs: Sequence[Pair], device, batch_size: int = 32, eos: bool = True,
+def score(model, tokenizer, pairs: Sequence[Pair], device, batch_size: int | None = None, eos: bool = True,
           moments: bool = False) -> Scores:
     """Teacher-forced scores of every pair's completion, in length-sorted batches; a document longer than the
     context is scored chunk by chunk (:func:`encode_chunks`) and its values concatenated. ``moments`` also keeps
@@ -214,8 +265,10 @@ def score(model, tokenizer, pairs: Sequence[Pair], device, batch_size: int = 32,
     owner = [i for i, ch in enumerate(chunks) for _ in ch]  # a long document's chunks are merged back below
     n = len(encoded)
     parts: list = [None] * n
+    batch_size = batch_size or eval_batch_size(model)
     order = _length_sorted(encoded, lambda e: len(e.ids))
-    for start in range(0, n, batch_size):
+    starts = list(range(0, n, batch_size))
+    for start in (starts[b] for b in dist.my_share(len(starts))):  # under a launcher, each process its batches
         idx = order[start:start + batch_size]
         batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -230,6 +283,9 @@ def score(model, tokenizer, pairs: Sequence[Pair], device, batch_size: int = 32,
                 mu = (lp.exp() * lp).sum(-1)
                 part += [mu.double().cpu().numpy(), ((lp.exp() * lp.square()).sum(-1) - mu.square()).double().cpu().numpy()]
             parts[i] = tuple(part)
+    if dist.launched():
+        for i, part in dist.gather([(i, part) for i, part in enumerate(parts) if part is not None]):
+            parts[i] = part
     k = len(pairs)
     merged = [[[] for _ in range(5 if moments else 3)] for _ in range(k)]
     for i, part in zip(owner, parts):
@@ -247,7 +303,7 @@ def score(model, tokenizer, pairs: Sequence[Pair], device, batch_size: int = 32,
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, prompts: Sequence[str], device, max_new_tokens: int = 32, batch_size: int = 32,
+def generate(model, tokenizer, prompts: Sequence[str], device, max_new_tokens: int = 32, batch_size: int | None = None,
              stop: str | None = None, logits_processor=None, num_beams: int = 1) -> list[str]:
     """Greedy (or beam) continuations of ``prompts`` (BOS prepended), decoded without special tokens and cut at
     ``stop``. Left padding + attention mask, KV cache, length-sorted batches; output order = input order."""
@@ -260,8 +316,12 @@ def generate(model, tokenizer, prompts: Sequence[str], device, max_new_tokens: i
     out: list[str] = [""] * len(prompts)
     order = _length_sorted(encoded, len)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    for start in range(0, len(encoded), batch_size):
+    batch_size = batch_size or eval_batch_size(model)
+    starts = list(range(0, len(encoded), batch_size))
+    mine: list[int] = []
+    for start in (starts[b] for b in dist.my_share(len(starts))):  # under a launcher, each process its batches
         idx = order[start:start + batch_size]
+        mine += idx
         width = max(len(encoded[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -276,4 +336,7 @@ def generate(model, tokenizer, prompts: Sequence[str], device, max_new_tokens: i
         for row, i in enumerate(idx):
             text = tokenizer.decode(gen[row, width:], skip_special_tokens=True)
             out[i] = text.split(stop)[0] if stop else text
+    if dist.launched():
+        for i, text in dist.gather([(i, out[i]) for i in mine]):
+            out[i] = text
     return out

@@ -21,7 +21,11 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(device: str = "cpu") -> torch.device:
-    """``cpu`` (default), ``cuda`` (error if absent) or ``auto`` (cuda when one is visible)."""
+    """``cpu`` (default), ``cuda`` (error if absent) or ``auto`` (cuda when one is visible); under a multi-process
+    launcher ``cuda`` is each process's own GPU (:func:`obliviate.dist.device_for`)."""
+    from obliviate.dist import device_for
+
+    device = device_for(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":

@@ -7,16 +7,21 @@ result is always a plain model of the input's class.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import os
+import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from obliviate import dist
 from obliviate.errors import ConfigError
-from obliviate.lm import collate, encode_all, max_length, mean_nll
-from obliviate.methods._common import frozen_copy
+from obliviate.lm import Encoded, collate, encode_all, eval_batch_size, max_length, mean_nll, sequence_nll
 from obliviate.methods.base import MethodConfig
 from obliviate.training import make_optimizer
 
@@ -37,8 +42,40 @@ class LoRAFields(MethodConfig):
                 "type, else all-linear), all-linear, or comma-separated module names"})
 
 
+PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed", "bf16")
+
+
 @dataclass
-class LMOptimConfig(LoRAFields):
+class LMRunFields(LoRAFields):
+    """How a language method's training runs — memory and precision, not the algorithm. Defaults reproduce the
+    plain fp32 single-device run; a 7B model wants ``precision=bf16-mixed``, ``grad_checkpointing=true`` and a
+    ``grad_accum`` that keeps the global ``batch_size`` while cutting activation memory."""
+
+    grad_accum: int = field(default=1, metadata={
+        "help": "micro-batches per optimiser step: each step's batch is processed in this many pieces whose "
+                "gradients are summed (the same update, a fraction of the activation memory)", "min": 1})
+    eval_batch_size: int = field(default=0, metadata={
+        "help": "sequences per forward pass when the method scores without gradients (the reference "
+                "log-likelihoods); 0 = the task's eval_batch_size (32)", "min": 0})
+    grad_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute each block's activations in the backward pass (Hugging Face gradient checkpointing): "
+                "activations of one block instead of all, for about a third more compute"})
+    precision: Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16"] = field(default="fp32", metadata={
+        "help": "fp32; bf16-mixed / fp16-mixed (autocast with fp32 master weights, a gradient scaler for fp16); "
+                "bf16 (weights and updates in bf16: small updates round away, a warning says so)"})
+    max_length: int = field(default=0, metadata={
+        "help": "longest training sequence in tokens (longer documents are chunked); 0 = the task's max_length "
+                "or the model's context", "min": 0})
+    ref_device: str = field(default="", metadata={
+        "help": "device of the reference model when it must be a separate copy (full-weight training with a KL "
+                "or activation target), e.g. cpu; '' = no separate copy: the trained weights' starting values "
+                "are kept and swapped in for reference passes"})
+    ref_precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
+        "help": "dtype of a separate reference copy (with ref_device): auto = the weights' dtype"})
+
+
+@dataclass
+class LMOptimConfig(LMRunFields):
     """Optimiser fields of the gradient-based language methods. Defaults: the OpenUnlearning reproduction
     (locuslab/open-unlearning ``docs/repro.md``: lr 1e-5, 10 epochs, effective batch 32, AdamW), which MUSE
     shares (swj0419/muse_bench ``baselines/baselines/iterative.py``: AdamW, constant lr 1e-5, 10 epochs,
@@ -113,89 +150,282 @@ def unwrap(model):
     return model.eval()
 
 
-# -- optimisation ---------------------------------------------------------------------------------------------
+# -- the training run -----------------------------------------------------------------------------------------
 
 def optimizer(model, cfg) -> torch.optim.Optimizer:
     """The optimiser over the trainable parameters (all of them, or the LoRA adapters)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adamw":
+    name = getattr(cfg, "optimizer", "adamw")
+    if name == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return make_optimizer(params, cfg.optimizer, cfg.lr, cfg.weight_decay)
+    return make_optimizer(params, name, cfg.lr, cfg.weight_decay)
 
 
-def step(model, opt, loss: torch.Tensor, max_grad_norm: float = 0.0) -> None:
-    """One update: backward, optional gradient clipping, optimiser step."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
-    opt.step()
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_AUTOCAST = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}
+BF16_WARNING = ("warning: precision=bf16 keeps the weights in bf16, where an update smaller than about 0.4 % of a "
+                "weight rounds away (at lr 1e-5 most of them); bf16-mixed keeps fp32 master weights")
 
 
-def reference_model(ctx):
-    """The frozen original on ``ctx.device``: ``ctx.original`` itself when it is already there in eval mode (it is
-    only read, under ``no_grad``), else a frozen copy — of the still-untouched ``ctx.model`` when the pipeline gave
-    no original (call this before training). The caller's model is never moved, trained or switched to eval."""
-    ref, want = ctx.original, torch.device(ctx.device)
-    if ref is not None and not ref.training:
-        have = next(ref.parameters()).device
-        if have.type == want.type and (have.index == want.index or None in (have.index, want.index)):
-            return ref
-    return frozen_copy(ref if ref is not None else ctx.model).to(ctx.device)
+def clone_to(model, device, dtype: torch.dtype | None = None):
+    """A frozen copy of ``model`` built directly on ``device`` (in ``dtype`` for its floating-point tensors): the
+    skeleton is made on the meta device and the tensors are copied over one by one, so no second full copy
+    ever exists where ``model`` is."""
+    with torch.device("meta"):
+        twin = type(model)(copy.deepcopy(model.config))
+    state = model.state_dict()
+    twin.load_state_dict({k: v.detach().to(device=device, dtype=dtype if dtype and v.is_floating_point() else None,
+                                           copy=True) for k, v in state.items()}, assign=True)
+    for name, buf in model.named_buffers():  # non-persistent buffers (rotary frequencies) are not in the state
+        if name not in state:
+            owner, _, leaf = name.rpartition(".")
+            twin.get_submodule(owner)._buffers[leaf] = buf.detach().to(device, copy=True)
+    if getattr(model.config, "tie_word_embeddings", False):
+        twin.tie_weights()
+    for key in ("obliviate_max_length", "obliviate_eval_batch_size"):
+        if hasattr(model, key):
+            setattr(twin, key, getattr(model, key))
+    return twin.eval().requires_grad_(False)
 
 
-# -- data -------------------------------------------------------------------------------------------------
+class LMRun:
+    """One language method's training run: its sequences, the model as trained (precision, LoRA, gradient
+    checkpointing), the optimiser, micro-batching across ``grad_accum`` pieces and launcher processes, and the
+    reference the loss compares with — without a second model wherever one can be avoided:
 
-def forget_retain_batches(ctx, cfg, gen: torch.Generator, retain: bool = True,
-                          epochs: int | None = None) -> Iterator[tuple[Batch, Batch | None]]:
-    """Every training step of a run: ``epochs`` (default ``cfg.epochs``) shuffled passes over the forget pairs in
-    mini-batches of ``cfg.batch_size``, each paired with a random retain mini-batch of the same size (drawn with
-    replacement; OpenUnlearning's ``ForgetRetainDataset`` anchors on forget the same way), or None when
-    ``retain`` is false or there is no retain data. Stops after ``cfg.max_steps`` steps when that is set."""
-    limit = max_length(ctx.model)
-    pad = ctx.tokenizer.pad_token_id
-    forget = encode_all(ctx.tokenizer, ctx.forget_pairs, limit)
-    kept = encode_all(ctx.tokenizer, ctx.retain_pairs, limit) if retain and ctx.retain_pairs else []
-    cap, done = getattr(cfg, "max_steps", 0), 0
-    for _ in range(cfg.epochs if epochs is None else epochs):
-        order = torch.randperm(len(forget), generator=gen).tolist()
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
-            r = torch.randint(len(kept), (len(idx),), generator=gen).tolist() if kept else None
-            yield (collate([forget[i] for i in idx], pad, ctx.device),
-                   collate([kept[i] for i in r], pad, ctx.device) if r else None)
-            done += 1
-            if cap and done >= cap:
-                return
+    - ``reference="nll"``: the starting model's sequence NLLs of every forget sequence, computed once before the
+      first update (NPO's reference term); no model is kept.
+    - ``reference="model"`` (or ``"nll+model"``): a frozen reference for passes during training (KL to the original, RMU's retain
+      activations): with LoRA the same model with its adapters disabled; otherwise the trained parameters'
+      starting values, swapped in for the reference pass (no second module: for RMU three matrices); a separate
+      frozen copy only when ``ref_device`` / ``ref_precision`` ask for one.
+
+    A method's loop reads ``for batch in run.batches(): run.step(loss, batch)`` then ``return run.finish()``.
+    """
+
+    def __init__(self, ctx, cfg, *, retain: bool = True, reference: str = "none", targets=None):
+        dist.init()
+        self.ctx, self.cfg, self.device = ctx, cfg, torch.device(ctx.device)
+        base = ctx.model
+        self.dtype_in = next(base.parameters()).dtype
+        self.warnings: list[str] = []
+        if cfg.precision == "bf16":
+            base.to(torch.bfloat16)
+            self.warnings.append(BF16_WARNING)
+            if not os.environ.get("OBLIVIATE_QUIET"):
+                print(BF16_WARNING, file=sys.stderr)
+        elif cfg.lora_r == 0 or cfg.precision == "fp32":
+            base.float()  # fp32 (master) weights; a no-op for an fp32 model
+        self.autocast_dtype = _AUTOCAST.get(cfg.precision)
+        tok = ctx.tokenizer
+        self.pad = tok.pad_token_id
+        limit = cfg.max_length or max_length(base)
+        self.forget = encode_all(tok, ctx.forget_pairs, limit)
+        self.retain = encode_all(tok, ctx.retain_pairs, limit) if retain and ctx.retain_pairs else []
+        wants = set(reference.split("+")) - {"none"}
+        if wants - {"nll", "model"}:
+            raise ValueError(f"reference: expected none, nll, model or nll+model, got {reference!r}")
+        self.ref_nll = self._reference_nll(base) if "nll" in wants else None
+        self.ref_kind, self._ref, self._stash = "none", None, None
+        if "model" in wants:
+            self._setup_reference(base)
+        self.base = base
+        self.model = wrap_lora(base, cfg, ctx.generator(1), targets).train()
+        if "model" in wants and cfg.lora_r > 0 and self.ref_kind == "none":
+            self.ref_kind = "adapters disabled"
+        if cfg.grad_checkpointing:
+            if not getattr(base, "supports_gradient_checkpointing", False):
+                raise ConfigError(f"grad_checkpointing: {type(base).__name__} does not support gradient "
+                                  f"checkpointing")
+            base.config.use_cache = False
+            kwargs = {"use_reentrant": False}  # non-reentrant: works with frozen inputs (LoRA) and forward hooks
+            if hasattr(base, "activation_checkpointing_enable"):  # transformers 5's name
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if "model" in wants and self.ref_kind == "none":  # full or partial weights: keep their start values
+            self._stash = [(p, p.detach().clone()) for p in self.params]
+            self.ref_kind = "starting weights swapped in"
+        self.opt = optimizer(self.model, cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16-mixed" else None
+        self.steps = self.skipped = 0
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    def batches(self, gen: torch.Generator | None = None, epochs: int | None = None):
+        """Every optimiser step's (forget indices, retain indices or None): ``epochs`` (default ``cfg.epochs``)
+        shuffled passes over the forget sequences in batches of ``cfg.batch_size``, each paired with a random
+        retain batch of the same size (drawn with replacement; OpenUnlearning's ``ForgetRetainDataset`` anchors on
+        forget the same way). Stops after ``cfg.max_steps`` steps when that is set. Every process draws the same
+        global batches."""
+        cfg = self.cfg
+        gen = gen if gen is not None else self.ctx.generator()
+        cap, done = getattr(cfg, "max_steps", 0), 0
+        for _ in range(cfg.epochs if epochs is None else epochs):
+            order = torch.randperm(len(self.forget), generator=gen).tolist()
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start:start + cfg.batch_size]
+                r = torch.randint(len(self.retain), (len(idx),), generator=gen).tolist() if self.retain else None
+                yield idx, r
+                done += 1
+                if cap and done >= cap:
+                    return
+
+    def _collate(self, items: list[Encoded], idx: list[int]) -> Batch:
+        batch = collate([items[i] for i in idx], self.pad, self.device)
+        batch["index"] = torch.tensor(idx, dtype=torch.long, device=self.device)
+        return batch
+
+    def autocast(self, device_type: str | None = None):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device_type or self.device.type, dtype=self.autocast_dtype)
+
+    # -- reference ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _reference_nll(self, base) -> torch.Tensor:
+        """Summed completion NLL of every forget sequence under the starting model, in length-sorted batches."""
+        was = base.training
+        base.eval()
+        out = torch.empty(len(self.forget), dtype=torch.float32)
+        size = self.cfg.eval_batch_size or eval_batch_size(base)
+        order = sorted(range(len(self.forget)), key=lambda i: -len(self.forget[i].ids))
+        for start in range(0, len(order), size):
+            idx = order[start:start + size]
+            with self.autocast():
+                nll, _ = sequence_nll(base, collate([self.forget[i] for i in idx], self.pad, self.device))
+            out[idx] = nll.float().cpu()
+        base.train(was)
+        return out.to(self.device)
+
+    def _setup_reference(self, base) -> None:
+        cfg = self.cfg
+        ref_device = torch.device(cfg.ref_device) if cfg.ref_device else self.device
+        if ref_device == self.device and cfg.ref_precision == "auto":
+            return  # LoRA: adapters disabled; otherwise the starting weights are stashed after wrapping
+        dtype = _DTYPES.get(cfg.ref_precision)
+        self._ref = clone_to(base, ref_device, dtype)
+        self.ref_kind = f"separate copy on {ref_device}" + (f" in {cfg.ref_precision}" if dtype else "")
+
+    @torch.no_grad()
+    def reference(self, fn, batch: Batch):
+        """``fn(model, batch)`` evaluated on the frozen reference (eval mode, the run's autocast); the result comes
+        back on the training device."""
+        if self._ref is not None:
+            where = next(self._ref.parameters()).device
+            moved = {k: v.to(where) for k, v in batch.items()}
+            with self.autocast(where.type):
+                return fn(self._ref, moved).to(self.device)
+        was = self.model.training
+        self.model.eval()
+        try:
+            with self.autocast():
+                if self.ref_kind == "adapters disabled":
+                    with self.model.disable_adapter():
+                        return fn(self.model, batch)
+                swapped = [(p, p.data) for p, _ in self._stash]
+                for p, start in self._stash:
+                    p.data = start
+                try:
+                    return fn(self.model, batch)
+                finally:
+                    for p, current in swapped:
+                        p.data = current
+        finally:
+            self.model.train(was)
+
+    # -- optimisation -------------------------------------------------------------------------------------------------
+    def step(self, loss_fn, batch) -> None:
+        """One optimiser update on the global batch ``(forget indices, retain indices)``: split into
+        world size × ``grad_accum`` pieces, this process's pieces run forward/backward with
+        ``loss_fn(forget_batch, retain_batch or None)`` weighted by their share of the batch (exact for losses
+        that are means over sequences), gradients summed across processes, clipped, applied."""
+        f_idx, r_idx = batch
+        n, accum = len(f_idx), self.cfg.grad_accum
+        pieces = np.array_split(np.arange(n), dist.world_size() * accum)
+        for piece in pieces[dist.rank() * accum:(dist.rank() + 1) * accum]:
+            if len(piece) == 0:
+                continue
+            forget = self._collate(self.forget, [f_idx[i] for i in piece])
+            retain = self._collate(self.retain, [r_idx[i] for i in piece]) if r_idx is not None else None
+            with self.autocast():
+                loss = loss_fn(forget, retain) * (len(piece) / n)
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        dist.sum_gradients(self.params)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+        clip = getattr(self.cfg, "max_grad_norm", 0.0)
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, clip)
+        if self.scaler is not None:
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.opt)  # skipped when a gradient overflowed; the scale then halves
+            self.scaler.update()
+            self.skipped += self.scaler.get_scale() < scale
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.steps += 1
+
+    def finish(self):
+        """The trained model: adapters merged, checkpointing off, in the dtype it came in, eval mode. What the run
+        did (precision, micro-batches, reference, peak memory) goes to the report's ``lm_run`` block."""
+        cfg = self.cfg
+        if cfg.grad_checkpointing:
+            (getattr(self.base, "activation_checkpointing_disable", None) or self.base.gradient_checkpointing_disable)()
+            self.base.config.use_cache = True
+        model = unwrap(self.model)
+        if next(model.parameters()).dtype != self.dtype_in:
+            model.to(self.dtype_in)
+        self._ref = self._stash = None
+        block = {"precision": cfg.precision, "grad_accum": cfg.grad_accum, "processes": dist.world_size(),
+                 "batch_size": getattr(cfg, "batch_size", None), "grad_checkpointing": cfg.grad_checkpointing,
+                 "lora_r": cfg.lora_r, "reference": self.ref_kind, "steps": self.steps,
+                 "trainable_parameters": int(sum(p.numel() for p in self.params))}
+        if self.scaler is not None:
+            block["skipped_steps"] = int(self.skipped)  # fp16 overflow: the gradient scaler skipped the update
+        if self.device.type == "cuda":
+            block["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
+        if self.warnings:
+            block["warnings"] = list(self.warnings)
+        self.ctx.extras["lm_run"] = block
+        return model
 
 
 # -- retain terms -----------------------------------------------------------------------------------------------
 
-def kl_to_reference(model, ref, batch: Batch) -> torch.Tensor:
-    """KL(p_ref ‖ p_θ) of the next-token distributions, averaged over the completion tokens of the batch, from
-    log-softmax of both models' logits. (MUSE's KLR applies ``F.kl_div(logits, ref_logits, log_target=True)`` to
-    unnormalised logits, which is not a KL divergence; OpenUnlearning's KL averages over every position, prompt
-    and padding included. obliviate uses the true KL on the tokens the forget loss is defined on.)"""
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    log_p = F.log_softmax(model(**inputs).logits[:, :-1].float(), -1)
-    with torch.no_grad():
-        log_ref = F.log_softmax(ref(**inputs).logits[:, :-1].float(), -1)
+def _logits(model, batch: Batch) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def kl_to_reference(run: LMRun, batch: Batch) -> torch.Tensor:
+    """KL(p_ref ‖ p_θ) of the next-token distributions, averaged over each sequence's completion tokens and then
+    over the sequences — the reduction of the NLL terms, so a batch split into micro-batches or processes gives the
+    same loss. (MUSE's KLR applies ``F.kl_div(logits, ref_logits, log_target=True)`` to unnormalised logits, which
+    is not a KL divergence; OpenUnlearning's KL averages over every position, prompt and padding included.
+    obliviate uses the true KL on the tokens the forget loss is defined on.) Only the completion rows are
+    upcast to fp32."""
     mask = batch["labels"][:, 1:] != -100
-    kl = (log_ref.exp() * (log_ref - log_p)).sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp_min(1)
+    ref = run.reference(lambda m, b: _logits(m, b)[:, :-1][b["labels"][:, 1:] != -100], batch)
+    log_p = F.log_softmax(_logits(run.model, batch)[:, :-1][mask].float(), -1)
+    log_ref = F.log_softmax(ref.float(), -1)
+    kl = (log_ref.exp() * (log_ref - log_p)).sum(-1)  # one value per completion token, row-major over the batch
+    per_sequence = torch.zeros(mask.shape[0], dtype=kl.dtype, device=kl.device).index_add_(
+        0, mask.nonzero()[:, 0], kl)
+    return (per_sequence / mask.sum(1).clamp_min(1)).mean()
 
 
-def retain_term(kind: str, model, ref, batch: Batch | None) -> torch.Tensor | float:
+def retain_term(kind: str, run: LMRun, batch: Batch | None) -> torch.Tensor | float:
     """The retain loss: ``nll`` (token-averaged NLL, MUSE GDR) or ``kl`` (KL to the frozen original, MUSE KLR);
     0 for ``none`` or without a retain batch."""
     if kind == "none" or batch is None:
         return 0.0
     if kind == "nll":
-        return mean_nll(model, batch)
+        return mean_nll(run.model, batch)
     if kind == "kl":
-        return kl_to_reference(model, ref, batch)
+        return kl_to_reference(run, batch)
     raise ConfigError(f"retain_loss: expected none, nll or kl, got {kind!r}")
 
 
-__all__ = ["LoRAFields", "LMOptimConfig", "wrap_lora", "unwrap", "optimizer", "step", "reference_model",
-           "forget_retain_batches", "kl_to_reference", "retain_term"]
+__all__ = ["LoRAFields", "LMRunFields", "LMOptimConfig", "PRECISIONS", "LMRun", "wrap_lora", "unwrap",
+           "optimizer", "kl_to_reference", "retain_term"]

@@ -23,8 +23,7 @@ import torch.nn.functional as F
 
 from obliviate.lm import mean_nll, sequence_nll
 from obliviate.methods import register
-from obliviate.methods._lm import (LMOptimConfig, forget_retain_batches, optimizer, reference_model, retain_term,
-                                   step, unwrap, wrap_lora)
+from obliviate.methods._lm import LMOptimConfig, LMRun, retain_term
 from obliviate.methods.base import Method
 # the classifier implementations register first, so get_method(name) without a kind stays the classifier's
 from obliviate.methods import grad_diff, gradient_ascent  # noqa: F401
@@ -57,12 +56,10 @@ class GradientAscentLM(Method):
     reference = "open-unlearning src/trainer/unlearn/grad_ascent.py; MUSE baselines/baselines/iterative.py (ga)"
 
     def unlearn(self, ctx):
-        cfg = self.config
-        model = wrap_lora(ctx.model, cfg, ctx.generator(1)).train()
-        opt = optimizer(model, cfg)
-        for forget, _ in forget_retain_batches(ctx, cfg, ctx.generator(), retain=False):
-            step(model, opt, -mean_nll(model, forget), cfg.max_grad_norm)
-        return unwrap(model)
+        run = LMRun(ctx, self.config, retain=False)
+        for batch in run.batches():
+            run.step(lambda forget, _: -mean_nll(run.model, forget), batch)
+        return run.finish()
 
 
 # -- GradDiff (MUSE ga_gdr / ga_klr) ---------------------------------------------------------------------------------
@@ -90,13 +87,14 @@ class GradDiffLM(Method):
 
     def unlearn(self, ctx):
         cfg = self.config
-        ref = reference_model(ctx) if cfg.retain_loss == "kl" else None
-        model = wrap_lora(ctx.model, cfg, ctx.generator(1)).train()
-        opt = optimizer(model, cfg)
-        for forget, retain in forget_retain_batches(ctx, cfg, ctx.generator()):
-            loss = -cfg.gamma * mean_nll(model, forget) + cfg.alpha * retain_term(cfg.retain_loss, model, ref, retain)
-            step(model, opt, loss, cfg.max_grad_norm)
-        return unwrap(model)
+        run = LMRun(ctx, cfg, reference="model" if cfg.retain_loss == "kl" else "none")
+
+        def loss(forget, retain):
+            return -cfg.gamma * mean_nll(run.model, forget) + cfg.alpha * retain_term(cfg.retain_loss, run, retain)
+
+        for batch in run.batches():
+            run.step(loss, batch)
+        return run.finish()
 
 
 @dataclass
@@ -154,17 +152,19 @@ class NPOLM(Method):
 
     def unlearn(self, ctx):
         cfg = self.config
-        ref = reference_model(ctx)
-        model = wrap_lora(ctx.model, cfg, ctx.generator(1)).train()
-        opt = optimizer(model, cfg)
-        for forget, retain in forget_retain_batches(ctx, cfg, ctx.generator(), retain=cfg.retain_loss != "none"):
-            nll, _ = sequence_nll(model, forget)
-            with torch.no_grad():
-                nll_ref, _ = sequence_nll(ref, forget)
-            loss = (cfg.gamma * npo_loss(nll, nll_ref, cfg.beta)
-                    + cfg.alpha * retain_term(cfg.retain_loss, model, ref, retain))
-            step(model, opt, loss, cfg.max_grad_norm)
-        return unwrap(model)
+        # the reference NLLs of the forget sequences are computed once, before the first update: no second model
+        # unless the KL retain term needs the reference's whole distributions
+        run = LMRun(ctx, cfg, retain=cfg.retain_loss != "none",
+                    reference="nll+model" if cfg.retain_loss == "kl" else "nll")
+
+        def loss(forget, retain):
+            nll, _ = sequence_nll(run.model, forget)
+            return (cfg.gamma * npo_loss(nll, run.ref_nll[forget["index"]], cfg.beta)
+                    + cfg.alpha * retain_term(cfg.retain_loss, run, retain))
+
+        for batch in run.batches():
+            run.step(loss, batch)
+        return run.finish()
 
 
 @dataclass
@@ -223,12 +223,14 @@ class SimNPOLM(Method):
 
     def unlearn(self, ctx):
         cfg = self.config
-        ref = reference_model(ctx) if cfg.retain_loss == "kl" else None
-        model = wrap_lora(ctx.model, cfg, ctx.generator(1)).train()
-        opt = optimizer(model, cfg)
-        for forget, retain in forget_retain_batches(ctx, cfg, ctx.generator(), retain=cfg.retain_loss != "none"):
-            nll, n_tokens = sequence_nll(model, forget)
-            loss = (cfg.gamma * simnpo_loss(nll, n_tokens, cfg.beta, cfg.delta)
-                    + cfg.alpha * retain_term(cfg.retain_loss, model, ref, retain))
-            step(model, opt, loss, cfg.max_grad_norm)
-        return unwrap(model)
+        run = LMRun(ctx, cfg, retain=cfg.retain_loss != "none",
+                    reference="model" if cfg.retain_loss == "kl" else "none")
+
+        def loss(forget, retain):
+            nll, n_tokens = sequence_nll(run.model, forget)
+            return (cfg.gamma * simnpo_loss(nll, n_tokens, cfg.beta, cfg.delta)
+                    + cfg.alpha * retain_term(cfg.retain_loss, run, retain))
+
+        for batch in run.batches():
+            run.step(loss, batch)
+        return run.finish()

@@ -19,7 +19,7 @@ import torch
 
 from obliviate.errors import ConfigError
 from obliviate.methods import register
-from obliviate.methods._lm import LoRAFields, forget_retain_batches, reference_model, step, unwrap, wrap_lora
+from obliviate.methods._lm import LMRun, LMRunFields
 from obliviate.methods.base import Method
 
 _BLOCK_LISTS = ("transformer.h", "model.layers", "model.decoder.layers", "gpt_neox.layers", "transformer.blocks",
@@ -32,7 +32,7 @@ _MLP_OUT_NAMES = "mlp.c_proj, mlp.down_proj, mlp.dense_4h_to_h, mlp.fc_out, mlp.
 
 
 @dataclass
-class RMUConfig(LoRAFields):
+class RMUConfig(LMRunFields):
     """Defaults: the official argparse (centerforaisafety/wmdp ``rmu/unlearn.py``): steering coefficient 20,
     α = 100, lr 5e-5 (``transformers.AdamW``, no weight decay), batch 4, 80 batches, layer 7 of Zephyr-7B's 32
     with the MLP output projections of layers 5–7 trained. ``layer`` unset scales that choice to the model's
@@ -137,24 +137,29 @@ class RMU(Method):
 
     def unlearn(self, ctx):
         cfg, gen = self.config, ctx.generator()
-        frozen = reference_model(ctx)
         layer, trained = layer_and_params(ctx.model, cfg)
         u = torch.rand(1, 1, ctx.model.config.hidden_size, generator=gen)  # fixed for the run, from the seed
         control = (u / u.norm() * cfg.steering_coeff).to(ctx.device)
         for n, p in ctx.model.named_parameters():
             p.requires_grad_(n in trained)
         modules = sorted({n.rsplit(".", 1)[0] for n in trained})  # LoRA only on the modules the regex selects
-        model = wrap_lora(ctx.model, cfg, ctx.generator(1), targets=modules).train()
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                weight_decay=cfg.weight_decay)
-        block, frozen_block = transformer_blocks(ctx.model)[1][layer], transformer_blocks(frozen)[1][layer]
-        steps = forget_retain_batches(ctx, cfg, gen, epochs=cfg.max_num_batches)
-        for forget, retain in itertools.islice(steps, cfg.max_num_batches):
-            loss = masked_mse(block_output(model, block, forget), control, forget["attention_mask"])
+        # the frozen original's retain activations: the trained matrices' starting values swapped in (or LoRA
+        # adapters disabled), so no second model is held
+        run = LMRun(ctx, cfg, reference="model", targets=modules)
+        block = transformer_blocks(ctx.model)[1][layer]
+        blocks = {id(run.model): block, id(ctx.model): block}
+
+        def steered(model, batch):
+            target = blocks.get(id(model)) or transformer_blocks(model)[1][layer]  # a separate copy's own block
+            return block_output(model, target, batch)
+
+        def loss(forget, retain):
+            value = masked_mse(steered(run.model, forget), control, forget["attention_mask"])
             if retain is not None:
-                with torch.no_grad():
-                    target = block_output(frozen, frozen_block, retain)
-                loss = loss + cfg.alpha * masked_mse(block_output(model, block, retain), target,
-                                                     retain["attention_mask"])
-            step(model, opt, loss)
-        return unwrap(model)
+                frozen = run.reference(steered, retain)
+                value = value + cfg.alpha * masked_mse(steered(run.model, retain), frozen, retain["attention_mask"])
+            return value
+
+        for batch in itertools.islice(run.batches(gen, epochs=cfg.max_num_batches), cfg.max_num_batches):
+            run.step(loss, batch)
+        return run.finish()

@@ -13,14 +13,15 @@ import torch
 
 from obliviate.lm import mean_nll
 from obliviate.methods import register
-from obliviate.methods._lm import LMOptimConfig, forget_retain_batches, optimizer, step, unwrap, wrap_lora
+from obliviate.methods._lm import LMOptimConfig, LMRun
 from obliviate.methods.base import Method
 
 
 @dataclass
 class TaskVectorConfig(LMOptimConfig):
     """MUSE ``--algo tv`` (swj0419/muse_bench ``baselines/baselines/task_vector.py``, ``scripts/unlearn_news.sh``):
-    the reinforced model is fine-tuned 10 epochs at lr 1e-5 (AdamW, batch 32: :class:`LMOptimConfig`), α = 5."""
+    the reinforced model is fine-tuned 10 epochs at lr 1e-5 (AdamW, batch 32: :class:`LMOptimConfig`), α = 5.
+    θ_o is kept in fp32 on ``ref_device`` (default: the training device; ``cpu`` keeps it in host memory)."""
 
     alpha: float = field(default=5.0, metadata={"help": "scale α of the subtracted task vector", "min": 0})
 
@@ -28,11 +29,10 @@ class TaskVectorConfig(LMOptimConfig):
 def fine_tune(ctx, cfg: LMOptimConfig):
     """θ_ft: ``ctx.model`` (changed in place) trained on the forget sequences by descent on the token-averaged NLL;
     LoRA adapters, if any, merged. Uses the same seeded generators as :class:`TaskVector`."""
-    model = wrap_lora(ctx.model, cfg, ctx.generator(1)).train()
-    opt = optimizer(model, cfg)
-    for forget, _ in forget_retain_batches(ctx, cfg, ctx.generator(), retain=False):
-        step(model, opt, mean_nll(model, forget), cfg.max_grad_norm)
-    return unwrap(model)
+    run = LMRun(ctx, cfg, retain=False)
+    for batch in run.batches():
+        run.step(lambda forget, _: mean_nll(run.model, forget), batch)
+    return run.finish()
 
 
 @register
@@ -47,10 +47,13 @@ class TaskVector(Method):
 
     def unlearn(self, ctx):
         cfg = self.config
-        theta_o = {n: p.detach().float().clone() for n, p in ctx.model.named_parameters() if p.is_floating_point()}
+        keep = torch.device(cfg.ref_device) if cfg.ref_device else torch.device(ctx.device)  # θ_o off the GPU
+        theta_o = {n: p.detach().to(keep, torch.float32, copy=True) for n, p in ctx.model.named_parameters()
+                   if p.is_floating_point()}
         model = fine_tune(ctx, cfg)
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if n in theta_o:
-                    p.copy_(theta_o[n] - cfg.alpha * (p.float() - theta_o[n]))
+                    start = theta_o.pop(n).to(p.device)
+                    p.copy_(start - cfg.alpha * (p.float() - start))
         return model.eval()

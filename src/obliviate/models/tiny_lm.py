@@ -71,16 +71,33 @@ def tiny_gpt2(tokenizer, n_layer: int = 2, n_embd: int = 128, n_head: int = 4, n
     return GPT2LMHeadModel(config)
 
 
-def save_hf_dir(model, tokenizer, path: str | Path) -> str:
-    """Write an ordinary HF model directory (safetensors + tokenizer) and a ``model.safetensors.sha256``;
-    return the weights' sha256."""
+def save_hf_dir(model, tokenizer, path: str | Path, max_shard_size: int | str = "5GB") -> str:
+    """Write an ordinary HF model directory (safetensors + tokenizer) with a ``<file>.sha256`` beside every weights
+    file; return the weights' sha256 (for sharded weights, of their ``sha256sum`` listing, as
+    :meth:`obliviate.tasks.hf.ModelDir.weights_sha256`). Weights over ``max_shard_size`` (the Hugging Face Hub's
+    5 GB by default) are split into shards with a ``model.safetensors.index.json``; the weights of an earlier save
+    in the directory are removed first, so a stale index or single file never shadows the new weights."""
+    import hashlib
+    import json
+
     from obliviate.models.store import _atomic_write, sha256_file
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
+    for stale in [*path.glob("model*.safetensors"), *path.glob("model*.safetensors.sha256"),
+                  path / "model.safetensors.index.json"]:
+        stale.unlink(missing_ok=True)
+    model.save_pretrained(path, safe_serialization=True, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(path)
-    weights = path / "model.safetensors"
-    digest = sha256_file(weights)
-    _atomic_write(Path(f"{weights}.sha256"), lambda tmp: Path(tmp).write_text(f"{digest}  {weights.name}\n"))
-    return digest
+    index = path / "model.safetensors.index.json"
+    names = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
+             else ["model.safetensors"])
+    digests = []
+    for name in names:
+        weights = path / name
+        digest = sha256_file(weights)
+        _atomic_write(Path(f"{weights}.sha256"), lambda tmp, d=digest, n=name: Path(tmp).write_text(f"{d}  {n}\n"))
+        digests.append((name, digest))
+    if len(digests) == 1:
+        return digests[0][1]
+    return hashlib.sha256("".join(f"{d}  {n}\n" for n, d in digests).encode()).hexdigest()

@@ -34,7 +34,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -78,6 +78,11 @@ class HFOptions:
     max_length: int = field(default=0, metadata={
         "help": "longest sequence in tokens; longer documents are split into chunks of this many tokens "
                 "(0 = the model's context length)", "min": 0})
+    eval_batch_size: int = field(default=32, metadata={
+        "help": "sequences per forward pass when scoring and generating for the metrics", "min": 1})
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
+        "help": "dtype the model (and oracle) weights are loaded in: auto = as stored (a bf16 checkpoint stays "
+                "bf16: half the memory of fp32)"})
     template: str = field(default="plain", metadata={
         "help": "prompt layout of QA pairs: plain (Question: … Answer:), muse, llama2 ([INST] … [/INST]), chat "
                 "(the tokenizer's chat template) or a JSON template file"})
@@ -224,7 +229,8 @@ class ModelDir:
                 h.update(f"{f.name}\0{_file_sha256(f)}\n".encode())
         return h.hexdigest()
 
-    def load(self):
+    def load(self, dtype: str = "auto"):
+        import torch
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
@@ -237,7 +243,9 @@ class ModelDir:
         try:
             model = AutoModelForCausalLM.from_pretrained(str(self.path), config=copy.deepcopy(self.config),
                                                          local_files_only=True, use_safetensors=True,
-                                                         trust_remote_code=False)
+                                                         trust_remote_code=False,
+                                                         dtype={"fp32": torch.float32, "bf16": torch.bfloat16,
+                                                                "fp16": torch.float16}.get(dtype, "auto"))
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise ObliviateError(f"cannot load the model in {self.path}: {_first_line(exc)}") from None
         finally:
@@ -411,7 +419,8 @@ class GivenModelTask(LanguageTask):
     def _load(self, md: ModelDir):
         from obliviate.guard import load_guarded
 
-        model = md.load()
+        model = md.load(getattr(self.options, "dtype", "auto"))
+        model.obliviate_eval_batch_size = int(getattr(self.options, "eval_batch_size", 32))
         if getattr(self.options, "max_length", 0):
             # the cut-off obliviate.lm.max_length is to honour before the config's context (never saved)
             model.obliviate_max_length = int(self.options.max_length)
@@ -431,6 +440,10 @@ class GivenModelTask(LanguageTask):
         if not hasattr(self, "_original"):
             self._original = self._given(self.model_dir, "original")
         return self._original
+
+    def release_original(self) -> None:
+        """Drop the loaded original (the pipeline trains it in place); :meth:`provided_original` loads it again."""
+        self.__dict__.pop("_original", None)
 
     def provided_oracle(self):
         """(model, meta) of ``--set oracle=DIR``, or None without one."""

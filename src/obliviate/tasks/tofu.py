@@ -63,6 +63,11 @@ class TOFUOptions:
         "help": "greedy tokens generated per question for ROUGE (OpenUnlearning: 200)", "min": 1})
     max_length: int = field(default=0, metadata={
         "help": "longest sequence in tokens (0 = the model's context length)", "min": 0})
+    eval_batch_size: int = field(default=32, metadata={
+        "help": "sequences per forward pass when scoring and generating for the metrics", "min": 1})
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
+        "help": "dtype the model (and oracle) weights are loaded in: auto = as stored (a bf16 checkpoint stays "
+                "bf16: half the memory of fp32)"})
     icl_shots: int = field(default=0, metadata={"help": "few-shot pairs in KnowMem prompts (TOFU: none)",
                                                 "min": 0})
 
