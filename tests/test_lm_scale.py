@@ -264,32 +264,42 @@ def _cli(world, out: Path, launcher: list[str], *extra: str) -> subprocess.Compl
     return subprocess.run(launcher + args, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
 
 
+@pytest.fixture(scope="module")
+def one_process(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one")
+    single = _cli(world, out, [sys.executable])
+    assert single.returncode == 0, single.stderr[-2000:]
+    return out
+
+
 @pytest.mark.slow
-def test_two_launched_processes_give_the_weights_of_one(world, tmp_path):
-    """``accelerate launch --multi_gpu --num_processes 2 -m obliviate run`` (torchrun underneath; gloo on CPU): each
-    process takes half of every step's sequences and half of the evaluation batches; the gradients are summed, so
-    the unlearned weights and the metrics are those of one process with the same global batch, and only rank 0
-    writes the report and the model."""
+@pytest.mark.parametrize("config,sharding", [("ddp-cpu.yaml", "replicate"), ("fsdp.yaml", "fsdp")])
+def test_two_launched_processes_give_the_weights_of_one(world, one_process, tmp_path, config, sharding):
+    """``accelerate launch --config_file configs/accelerate/{ddp-cpu,fsdp}.yaml --num_processes 2 -m obliviate run``
+    (torchrun underneath; gloo on CPU). Replicated: each process takes half of every step's sequences, the
+    gradients are summed. FSDP (picked from accelerate's FSDP config): weights, gradients and AdamW state are
+    sharded, the KL reference is a sharded copy, and the full weights are gathered back after training. Either
+    way the unlearned weights and the metrics are those of one process with the same global batch (npo_klr's
+    losses are per-sequence means, so the split does not change them), and only rank 0 writes."""
     from safetensors.torch import load_file
 
     from obliviate.tasks.hf import check_model_dir
 
-    one, two = tmp_path / "one", tmp_path / "two"
-    one.mkdir(), two.mkdir()
-    single = _cli(world, one, [sys.executable])
-    assert single.returncode == 0, single.stderr[-2000:]
     accelerate = str(Path(sys.executable).with_name("accelerate"))
-    launched = _cli(world, two, [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-                                 str(_free_port())], "--shard-size", "20000")
+    launched = _cli(world, tmp_path, [accelerate, "launch", "--config_file", str(REPO / "configs" / "accelerate" / config),
+                                      "--num_processes", "2", "--main_process_port", str(_free_port())],
+                    "--shard-size", "20000")
     assert launched.returncode == 0, launched.stderr[-2000:]
-    assert len(list((two / "model").glob("model-*-of-*.safetensors"))) > 1  # rank 0 saved it in shards
-    a = load_file(str(one / "model" / "model.safetensors"))
-    b = {k: v for k, v in check_model_dir(str(two / "model")).load().state_dict().items() if k in a}
+    assert len(list((tmp_path / "model").glob("model-*-of-*.safetensors"))) > 1  # rank 0 saved it in shards
+    a = load_file(str(one_process / "model" / "model.safetensors"))
+    b = {k: v for k, v in check_model_dir(str(tmp_path / "model")).load().state_dict().items() if k in a}
     start = load_file(str(Path(world["model"]) / "model.safetensors"))
     assert _max_diff(a, start) > 1e-3 and _max_diff(a, b) < 1e-5
-    ra, rb = (json.loads((d / "report.json").read_text()) for d in (one, two))
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (one_process, tmp_path))
     assert ra["lm_run"]["processes"] == 1 and rb["lm_run"]["processes"] == 2
+    assert ra["lm_run"]["sharding"] == "replicate" and rb["lm_run"]["sharding"] == sharding
+    assert rb["lm_run"]["reference"] == ("separate copy, sharded" if sharding == "fsdp" else
+                                         "starting weights swapped in")
     for role in ("original", "unlearned"):
         for key, value in ra["metrics"][role].items():
             if isinstance(value, float):

@@ -162,6 +162,24 @@ def test_reference_on_another_device_leaves_the_gpu():
     assert tv.components["reference"] == 4 * p  # θ_o, an fp32 clone
 
 
+def test_fsdp_splits_the_training_state_over_the_processes():
+    kl = {"retain_loss": "kl", "precision": "bf16-mixed"}
+    one = memory.estimate(_gpt2(), NPOLM(NPOLMConfig(**kl, sharding="fsdp")), device="cuda", dtype="bf16",
+                          world_size=1)  # one process: nothing to shard
+    ddp = memory.estimate(_gpt2(), NPOLM(NPOLMConfig(**kl, sharding="replicate")), device="cuda", dtype="bf16",
+                          world_size=8)
+    fsdp = memory.estimate(_gpt2(), NPOLM(NPOLMConfig(**kl, sharding="fsdp")), device="cuda", dtype="bf16",
+                           world_size=8)
+    p = one.parameters
+    assert one.components["weights"] == ddp.components["weights"] == 4 * p  # fp32 master weights, every process
+    for key in ("weights", "gradients", "optimizer states"):
+        assert fsdp.components[key] == -(-ddp.components[key] // 8)
+    assert fsdp.components["reference"] == -(-4 * p // 8)  # a sharded fp32 copy instead of the stash
+    assert fsdp.components["unsharded blocks"] > 0 and ddp.components["unsharded blocks"] == 0
+    assert fsdp.phases["gathered after training"] >= 4 * p  # the full weights again for evaluation
+    assert fsdp.total < ddp.total
+
+
 # -- sizes and visible memory -----------------------------------------------------------------------------------------
 
 def test_parse_size_and_the_override(monkeypatch):

@@ -23,6 +23,7 @@ from obliviate.metrics import challenge as challenge_metric
 from obliviate.metrics.relearn import (RelearnConfig, anamnesis_index, forget_metric, relearn_config_summary,
                                        relearn_time, target_value)
 from obliviate.models.store import ModelStore, content_key, state_sha256
+from obliviate.memory import check_fits
 from obliviate.oracle import STORE_FORMAT, retrain_oracle, train_original
 from obliviate.requests import ForgetRequest, ids_sha256, resolve
 from obliviate.tasks import Task, get_task, task_class
@@ -648,9 +649,7 @@ def unlearn(task: str | Task, method: str | Method, forget: str | None = None, *
     relearn_cfg = _check_relearn(_relearn_config(relearn), task_obj)
     request = resolve(forget or task_obj.default_forget, task_obj, seed)
     dev = resolve_device(device)
-    from obliviate.memory import check_fits  # a given LM whose run cannot fit the device: refused before loading
-
-    check_fits(task_obj, method_obj, dev)
+    check_fits(task_obj, method_obj, dev)  # a given LM whose run cannot fit the device: refused before loading
     runtime = Runtime(device=dev, executor=executor, ray_address=ray_address, workers=workers)
     session = Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache), runtime)
     session.check_scal_sust(method_obj, request, scal, sust)
@@ -714,9 +713,7 @@ def bench(task: str | Task, methods: list[str], forget: str | None = None, *, se
         raise ObliviateError("--seeds must be at least 1")
     requests = {s: resolve(forget, task_obj, s) for s in seed_list}
     dev = resolve_device(device)
-    from obliviate.memory import check_fits  # a given LM whose run cannot fit the device: refused before loading
-
-    for m in method_objs:
+    for m in method_objs:  # a given LM whose run cannot fit the device: refused before loading
         check_fits(task_obj, m, dev)
     runtime = Runtime(device=dev, executor=executor, ray_address=ray_address, workers=workers)
     session = Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache), runtime)

@@ -593,6 +593,7 @@ def audit(task, method, forget: str | None = None, *, seed: int = 0, device: str
     from obliviate.methods import Method
     from obliviate.models.store import ModelStore
     from obliviate.requests import resolve
+    from obliviate.memory import check_fits
     from obliviate.training import resolve_device
 
     t0 = time.perf_counter()
@@ -612,6 +613,7 @@ def audit(task, method, forget: str | None = None, *, seed: int = 0, device: str
     request = resolve(forget or task_obj.default_forget, task_obj, seed)
     skipped = skip_reasons(task_obj, cfg, request.ids, explicit)
     dev = resolve_device(device)
+    check_fits(task_obj, method_obj, dev)  # refused before loading, as run and bench
     session = api.Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache))
 
     times: dict[str, float] = {}

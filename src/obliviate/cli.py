@@ -391,6 +391,9 @@ def plan_cmd(task: str = typer.Option(..., "--task", help="a language task with 
              device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (cuda also plans for a GPU "
                                                                 "this machine lacks; size it with "
                                                                 "OBLIVIATE_DEVICE_MEMORY)"),
+             processes: Optional[int] = typer.Option(None, "--processes", min=1, help="plan for N launcher processes "
+                                                     "(accelerate launch --num_processes N; with sharding=fsdp the "
+                                                     "training state is split over them)"),
              json_path: Optional[str] = typer.Option(None, "--json", help="write the obliviate.plan/1 estimate "
                                                      "here")) -> None:
     """Estimate a language method's peak memory on the device before running it: reads the model's config and
@@ -405,7 +408,7 @@ def plan_cmd(task: str = typer.Option(..., "--task", help="a language task with 
                              f"muse); {task} has none")
     task_opts, _, per_method = api.route_overrides(task, [method], split_overrides(set_ or []))
     task_obj = get_task(task, **task_opts)
-    doc = memory.plan(task_obj, api.build_method(method, per_method[method], task_obj), device)
+    doc = memory.plan(task_obj, api.build_method(method, per_method[method], task_obj), device, processes)
     if json_path:
         write_json(doc, json_path)
     _print_plan(doc)

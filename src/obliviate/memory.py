@@ -49,7 +49,7 @@ _UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 *
           "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
 #: components in the order the plan prints them
 COMPONENTS = ("weights", "reference", "gradients", "optimizer states", "autocast copies", "activations", "logits",
-              "optimizer step temporaries", "scoring logits", "oracle")
+              "optimizer step temporaries", "unsharded blocks", "scoring logits", "oracle")
 
 
 @dataclass
@@ -304,7 +304,7 @@ def _estimate(model_config, name, cfg, device, dtype, seq_len, eval_batch_size, 
     c["optimizer states"] = (1 if opt == "sgd" else 2) * trainable * tb
     if opt != "sgd":  # the multi-tensor step's temporary: every trainable tensor on CUDA, one at a time on CPU
         c["optimizer step temporaries"] = (trainable if device.type == "cuda" else max(sizes, default=0)) * tb
-    c["reference"], other, moved = _reference(cfg, profile, device, total, trainable, tb, weights, lora, notes)
+    c["reference"], other, _ = _reference(cfg, profile, device, total, trainable, tb, weights, lora, notes)
 
     # one micro-batch: forget sequences, as many retain ones when the loss has a retain term
     world = int(world_size or dist.world_size())
@@ -323,16 +323,35 @@ def _estimate(model_config, name, cfg, device, dtype, seq_len, eval_batch_size, 
         c["logits"] += b * s * vocab * compute + 2 * b * s * vocab * 4
     c["scoring logits"] = eval_b * s * vocab * max(compute, _BYTES[loaded])
 
+    fsdp = world > 1 and not lora and (cfg.sharding == "fsdp" or (
+        cfg.sharding == "auto" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"))
+    if fsdp:  # LMRun.shard: weights, gradients, optimiser state and a reference copy split over the processes
+        full = c["weights"]
+        separate = bool(cfg.ref_device) or cfg.ref_precision != "auto"
+        if "model" in profile.reference and not separate:  # a sharded copy replaces the stash of starting values
+            c["reference"] = math.ceil(full / world)
+        for k in ("weights", "gradients", "optimizer states", "optimizer step temporaries", "autocast copies"):
+            c[k] = math.ceil(c[k] / world)
+        from obliviate.methods._lm import transformer_blocks
+
+        block = max(sum(p.numel() for p in b.parameters()) for b in transformer_blocks(model)[1])
+        c["unsharded blocks"] = 2 * block * _BYTES[weights]  # the block computing and the one prefetched
+        notes.append(f"sharding fsdp over {world} processes: weights, gradients, optimiser state"
+                     + (" and the reference copy" if "model" in profile.reference else "") + " divided by "
+                     f"{world}; each process holds the full weights before sharding and again after training "
+                     f"(gathered for evaluation and saving)")
     if oracle and device.type == "cpu":
         c["oracle"] = oracle
     elif oracle:  # the pipeline moves a given oracle to the CPU while the model trains
         other["cpu"] = other.get("cpu", 0) + oracle
     resident = c["weights"] + c["reference"] + c["gradients"] + c["optimizer states"] + c["oracle"]
-    phases = {"forward/backward": resident + c["autocast copies"] + c["activations"] + c["logits"],
+    phases = {"forward/backward": resident + c["autocast copies"] + c["activations"] + c["logits"]
+              + c["unsharded blocks"],
               "optimizer step": resident + c["optimizer step temporaries"],
               "scoring": c["weights"] + c["autocast copies"] + c["scoring logits"] + oracle}
-    if moved:  # LMRun deep-copies the model where it is, then moves the copy to ref_device
-        phases["reference copy"] = c["weights"] + total * _BYTES[weights]
+    if fsdp:
+        phases["before sharding"] = full * (2 if "model" in profile.reference and not separate else 1)
+        phases["gathered after training"] = full + c["weights"] + c["reference"]
     notes += [f"micro-batch {b} forget" + (f" + {b} retain" if profile.retain else "") + f" sequences of {s} "
               f"tokens (batch {batch} / (grad_accum {cfg.grad_accum} × {world} process{'es' if world > 1 else ''}))",
               f"precision {precision}: weights {weights}, trainable {tdtype}, compute "
@@ -406,7 +425,8 @@ def _task_inputs(task) -> dict[str, Any]:
             "oracle_config": oracle_dir.config if oracle_dir is not None else None}
 
 
-def estimate_task(task, method, device="cpu", exact_lengths: bool = True) -> MemoryEstimate:
+def estimate_task(task, method, device="cpu", exact_lengths: bool = True,
+                  world_size: int | None = None) -> MemoryEstimate:
     """:func:`estimate` for ``method`` on a task with a given model (``hf``, ``tofu``, ``muse``): its config,
     load dtype, context, eval batch size and oracle. ``exact_lengths`` tokenises the training records for the
     longest sequence (padding makes a micro-batch that long); otherwise the length cap is assumed."""
@@ -418,7 +438,7 @@ def estimate_task(task, method, device="cpu", exact_lengths: bool = True) -> Mem
     longest, count = _lengths(task, limit) if exact_lengths else (limit, None)
     seq = min(limit, longest)
     est = estimate(task.model_dir.config, method, device=device, seq_len=seq, n_sequences=count,
-                   **_task_inputs(task))
+                   world_size=world_size, **_task_inputs(task))
     est.sequences = count
     if exact_lengths and seq < limit:
         est.notes.append(f"sequence length {seq}: the longest training sequence (cap {limit})")
@@ -486,12 +506,13 @@ def plan_device(text: str) -> torch.device:
     raise ObliviateError(f"--device must be cpu, cuda or auto, got {text!r}")
 
 
-def plan(task, method, device) -> dict[str, Any]:
+def plan(task, method, device, world_size: int | None = None) -> dict[str, Any]:
     """Everything ``obliviate plan`` prints (JSON-ready): the estimate, the visible memory (None: unknown),
-    whether it fits, and when it does not, what each suggested setting would need."""
+    whether it fits, and when it does not, what each suggested setting would need. ``world_size``: the launcher
+    processes to plan for (default: this process's ``$WORLD_SIZE``)."""
     dev = plan_device(device) if isinstance(device, str) else torch.device(device)
     visible = visible_memory(dev)
-    est = estimate_task(task, method, dev)
+    est = estimate_task(task, method, dev, world_size=world_size)
     fits = None if visible is None else est.total <= visible
     tries = suggestions(task, method, dev, visible, est) if fits is False else []
     return {"schema": "obliviate.plan/1", "task": task.name, "method": method.name, **est.as_dict(),

@@ -72,6 +72,11 @@ class LMRunFields(LoRAFields):
                 "are kept and swapped in for reference passes"})
     ref_precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
         "help": "dtype of a separate reference copy (with ref_device): auto = the weights' dtype"})
+    sharding: Literal["auto", "replicate", "fsdp"] = field(default="auto", metadata={
+        "help": "under a multi-process launcher: replicate (every process holds the model, gradients summed: "
+                "DDP) or fsdp (weights, gradients and optimiser state sharded across the processes with PyTorch "
+                "FSDP2, for full-weight training of models whose training state does not fit one device); auto = "
+                "fsdp when accelerate was launched with an FSDP config (ACCELERATE_USE_FSDP), else replicate"})
 
 
 @dataclass
@@ -91,6 +96,31 @@ class LMOptimConfig(LMRunFields):
     weight_decay: float = field(default=0.0, metadata={"help": "weight decay", "min": 0})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 disables", "min": 0})
     max_steps: int = field(default=0, metadata={"help": "stop after this many steps; 0 = no cap", "min": 0})
+
+
+# -- the model's layout ----------------------------------------------------------------------------------------
+
+_BLOCK_LISTS = ("transformer.h", "model.layers", "model.decoder.layers", "gpt_neox.layers", "transformer.blocks",
+                "transformer.layers")
+
+
+def transformer_blocks(model) -> tuple[str, torch.nn.ModuleList]:
+    """The model's list of transformer blocks and its dotted name: a known name (GPT-2 ``transformer.h``,
+    Llama / Qwen2 / Mistral / Phi ``model.layers``, GPT-NeoX ``gpt_neox.layers``, …), else the outermost
+    ``ModuleList`` with as many entries as the config's ``num_hidden_layers``."""
+    for name in _BLOCK_LISTS:
+        try:
+            blocks = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(blocks, torch.nn.ModuleList):
+            return name, blocks
+    depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == depth]
+    if not lists:
+        raise ConfigError(f"rmu: cannot find the transformer blocks of {type(model).__name__}: expected a "
+                          f"ModuleList named {', '.join(_BLOCK_LISTS)} or one of num_hidden_layers ({depth}) blocks")
+    return min(lists, key=lambda nm: nm[0].count("."))
 
 
 # -- LoRA -------------------------------------------------------------------------------------------------
@@ -167,25 +197,41 @@ BF16_WARNING = ("warning: precision=bf16 keeps the weights in bf16, where an upd
                 "weight rounds away (at lr 1e-5 most of them); bf16-mixed keeps fp32 master weights")
 
 
+def _rebuild(cls, config, state: dict, source, device, dtype: torch.dtype | None = None):
+    """A plain ``cls`` model built on the meta device and filled with ``state`` (moved to ``device``, floating
+    tensors in ``dtype``), with ``source``'s non-persistent buffers (rotary frequencies) and obliviate attributes."""
+    with torch.device("meta"):
+        twin = cls(copy.deepcopy(config))
+    twin.load_state_dict({k: v.detach().to(device=device, dtype=dtype if dtype and v.is_floating_point() else None,
+                                           copy=True) for k, v in state.items()}, assign=True)
+    for name, buf in source.named_buffers():
+        if name not in state:
+            owner, _, leaf = name.rpartition(".")
+            twin.get_submodule(owner)._buffers[leaf] = buf.detach().to(device, copy=True)
+    if getattr(config, "tie_word_embeddings", False):
+        twin.tie_weights()
+    for key in ("obliviate_max_length", "obliviate_eval_batch_size"):
+        if hasattr(source, key):
+            setattr(twin, key, getattr(source, key))
+    return twin
+
+
 def clone_to(model, device, dtype: torch.dtype | None = None):
     """A frozen copy of ``model`` built directly on ``device`` (in ``dtype`` for its floating-point tensors): the
     skeleton is made on the meta device and the tensors are copied over one by one, so no second full copy
     ever exists where ``model`` is."""
-    with torch.device("meta"):
-        twin = type(model)(copy.deepcopy(model.config))
-    state = model.state_dict()
-    twin.load_state_dict({k: v.detach().to(device=device, dtype=dtype if dtype and v.is_floating_point() else None,
-                                           copy=True) for k, v in state.items()}, assign=True)
-    for name, buf in model.named_buffers():  # non-persistent buffers (rotary frequencies) are not in the state
-        if name not in state:
-            owner, _, leaf = name.rpartition(".")
-            twin.get_submodule(owner)._buffers[leaf] = buf.detach().to(device, copy=True)
-    if getattr(model.config, "tie_word_embeddings", False):
-        twin.tie_weights()
-    for key in ("obliviate_max_length", "obliviate_eval_batch_size"):
-        if hasattr(model, key):
-            setattr(twin, key, getattr(model, key))
-    return twin.eval().requires_grad_(False)
+    return _rebuild(type(model), model.config, model.state_dict(), model, device, dtype).eval().requires_grad_(False)
+
+
+def shard(model):
+    """``model`` with its weights sharded across the launcher's processes (PyTorch FSDP2 ``fully_shard``): every
+    transformer block is one unit, the rest (embeddings, final norm, head) the root's."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in transformer_blocks(model)[1]:
+        fully_shard(block)
+    fully_shard(model)
+    return model
 
 
 class LMRun:
@@ -217,6 +263,13 @@ class LMRun:
         elif cfg.lora_r == 0 or cfg.precision == "fp32":
             base.float()  # fp32 (master) weights; a no-op for an fp32 model
         self.autocast_dtype = _AUTOCAST.get(cfg.precision)
+        self.fsdp = dist.launched() and (cfg.sharding == "fsdp" or (
+            cfg.sharding == "auto" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"))
+        if self.fsdp and cfg.lora_r > 0:
+            raise ConfigError("sharding=fsdp shards full-weight training; LoRA's trainable state is small, so "
+                              "run it with sharding=replicate")
+        if self.fsdp and cfg.precision == "fp16-mixed":
+            raise ConfigError("sharding=fsdp: fp16-mixed's gradient scaler is not sharded here; use bf16-mixed")
         tok = ctx.tokenizer
         self.pad = tok.pad_token_id
         limit = cfg.max_length or max_length(base)
@@ -243,6 +296,12 @@ class LMRun:
                 base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             else:
                 base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if self.fsdp:
+            if "model" in wants and self.ref_kind == "none":  # sharded parameters cannot be swapped: a sharded copy
+                self._ref = shard(clone_to(base, self.device))
+                self.ref_kind = "separate copy, sharded"
+            self._plain = (type(base), copy.deepcopy(base.config))
+            shard(base)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if "model" in wants and self.ref_kind == "none":  # full or partial weights: keep their start values
             self._stash = [(p, p.detach().clone()) for p in self.params]
@@ -343,15 +402,22 @@ class LMRun:
         f_idx, r_idx = batch
         n, accum = len(f_idx), self.cfg.grad_accum
         pieces = np.array_split(np.arange(n), dist.world_size() * accum)
+        # FSDP averages the gradients over the processes (hence × world size) and needs every process to run as many
+        # passes: an empty piece runs the batch's first sequence with weight 0
+        scale = dist.world_size() if self.fsdp else 1
         for piece in pieces[dist.rank() * accum:(dist.rank() + 1) * accum]:
+            weight = len(piece) / n * scale
             if len(piece) == 0:
-                continue
+                if not self.fsdp:
+                    continue
+                piece = np.zeros(1, dtype=int)
             forget = self._collate(self.forget, [f_idx[i] for i in piece])
             retain = self._collate(self.retain, [r_idx[i] for i in piece]) if r_idx is not None else None
             with self.autocast():
-                loss = loss_fn(forget, retain) * (len(piece) / n)
+                loss = loss_fn(forget, retain) * weight
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        dist.sum_gradients(self.params)
+        if not self.fsdp:
+            dist.sum_gradients(self.params)
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
         clip = getattr(self.cfg, "max_grad_norm", 0.0)
@@ -374,11 +440,19 @@ class LMRun:
         if cfg.grad_checkpointing:
             (getattr(self.base, "activation_checkpointing_disable", None) or self.base.gradient_checkpointing_disable)()
             self.base.config.use_cache = True
+        if self.fsdp:  # every process gathers the full weights into a plain model for evaluation and saving
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            self.opt = self._ref = None
+            state = get_model_state_dict(self.base, options=StateDictOptions(full_state_dict=True))
+            cls, config = self._plain
+            self.model = _rebuild(cls, config, state, self.base, self.device)
         model = unwrap(self.model)
         if next(model.parameters()).dtype != self.dtype_in:
             model.to(self.dtype_in)
         self._ref = self._stash = None
         block = {"precision": cfg.precision, "grad_accum": cfg.grad_accum, "processes": dist.world_size(),
+                 "sharding": "fsdp" if self.fsdp else "replicate",
                  "batch_size": getattr(cfg, "batch_size", None), "grad_checkpointing": cfg.grad_checkpointing,
                  "lora_r": cfg.lora_r, "reference": self.ref_kind, "steps": self.steps,
                  "trainable_parameters": int(sum(p.numel() for p in self.params))}
@@ -427,5 +501,5 @@ def retain_term(kind: str, run: LMRun, batch: Batch | None) -> torch.Tensor | fl
     raise ConfigError(f"retain_loss: expected none, nll or kl, got {kind!r}")
 
 
-__all__ = ["LoRAFields", "LMRunFields", "LMOptimConfig", "PRECISIONS", "LMRun", "wrap_lora", "unwrap",
+__all__ = ["LoRAFields", "LMRunFields", "transformer_blocks", "clone_to", "shard", "LMOptimConfig", "PRECISIONS", "LMRun", "wrap_lora", "unwrap",
            "optimizer", "kl_to_reference", "retain_term"]

@@ -19,11 +19,9 @@ import torch
 
 from obliviate.errors import ConfigError
 from obliviate.methods import register
-from obliviate.methods._lm import LMRun, LMRunFields
+from obliviate.methods._lm import LMRun, LMRunFields, transformer_blocks
 from obliviate.methods.base import Method
 
-_BLOCK_LISTS = ("transformer.h", "model.layers", "model.decoder.layers", "gpt_neox.layers", "transformer.blocks",
-                "transformer.layers")
 #: the MLP output projection inside a block: GPT-2 ``mlp.c_proj``; Llama / Qwen2 / Mistral / Gemma / OLMo
 #: ``mlp.down_proj``; GPT-NeoX / Falcon / BLOOM ``mlp.dense_4h_to_h``; GPT-J ``mlp.fc_out``; Phi ``mlp.fc2``;
 #: OPT ``fc2`` (directly in the block)
@@ -54,25 +52,6 @@ class RMUConfig(LMRunFields):
     batch_size: int = field(default=4, metadata={"help": "forget sequences per step (and as many retain ones)",
                                                   "min": 1})
     max_num_batches: int = field(default=80, metadata={"help": "number of update steps", "min": 1})
-
-
-def transformer_blocks(model) -> tuple[str, torch.nn.ModuleList]:
-    """The model's list of transformer blocks and its dotted name: a known name (GPT-2 ``transformer.h``,
-    Llama / Qwen2 / Mistral / Phi ``model.layers``, GPT-NeoX ``gpt_neox.layers``, …), else the outermost
-    ``ModuleList`` with as many entries as the config's ``num_hidden_layers``."""
-    for name in _BLOCK_LISTS:
-        try:
-            blocks = model.get_submodule(name)
-        except AttributeError:
-            continue
-        if isinstance(blocks, torch.nn.ModuleList):
-            return name, blocks
-    depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == depth]
-    if not lists:
-        raise ConfigError(f"rmu: cannot find the transformer blocks of {type(model).__name__}: expected a "
-                          f"ModuleList named {', '.join(_BLOCK_LISTS)} or one of num_hidden_layers ({depth}) blocks")
-    return min(lists, key=lambda nm: nm[0].count("."))
 
 
 def default_layer(n_blocks: int) -> int:
