@@ -133,7 +133,7 @@ def test_grad_accum_and_checkpointing_give_the_same_update(world):
     assert _max_diff(_weights(accum), _weights(plain)) < 1e-5 * max(1.0, moved)
     assert _max_diff(_weights(ckpt), _weights(plain)) < 1e-5 * max(1.0, moved)
     assert info["grad_accum"] == 1 and info_a["grad_accum"] == 4 and info_c["grad_checkpointing"]
-    assert info["reference"] == "none" and info["steps"] == info_a["steps"] == 4  # NPO: precomputed NLLs
+    assert info["reference"] == "precomputed NLLs" and info["steps"] == info_a["steps"] == 4  # no model kept
     assert not (ckpt.is_activation_checkpointing if hasattr(type(ckpt), "is_activation_checkpointing")
                 else ckpt.is_gradient_checkpointing)
     assert ckpt.config.use_cache
@@ -192,12 +192,61 @@ def test_reference_kinds_and_their_equivalence(world):
     assert _max_diff(_weights(swap), _weights(copy)) < 1e-6
 
 
+def test_mixed_precision_reference_pass_sees_the_starting_weights(world):
+    """Inside a bf16-mixed step autocast has cached bf16 copies of the *current* weights; the reference pass must
+    not reuse them (it runs with caching off), or the KL to the original would be 0 however far the model moved."""
+    from obliviate.methods._lm import LMOptimConfig, kl_to_reference
+
+    task = _task(world)
+    moved, _ = _unlearn(task, "gradient_ascent", **BASE)
+    kls = {}
+    for precision in ("fp32", "bf16-mixed"):
+        run = LMRun(_ctx(task), build_config(LMOptimConfig, {"precision": precision}), reference="model")
+        run.model.load_state_dict(moved.state_dict())
+        batch = run._collate(run.retain, list(range(len(run.retain))))
+        with run.autocast():
+            run.model(input_ids=batch["input_ids"])  # the step's forget pass (with grad) fills the cast cache first
+            kls[precision] = float(kl_to_reference(run, batch))
+    assert kls["fp32"] > 0.01 and kls["bf16-mixed"] == pytest.approx(kls["fp32"], rel=0.1)
+
+
+def test_rmu_stops_the_forward_pass_after_the_steered_block(world):
+    """RMU reads one block's output: the blocks above it and the head never run (nor keep activations), and the
+    output and its gradient are those of the full pass, with gradient checkpointing too."""
+    from obliviate.methods.rmu import block_output
+
+    task = _task(world)
+    tok = task.tokenizer()
+    batch = lm.collate(lm.encode_all(tok, [("", t) for t in FORGET], 64), tok.pad_token_id, "cpu")
+    for checkpointing in (False, True):
+        model = task.build_model().train()
+        if checkpointing:
+            model.config.use_cache = False
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        first, second = model.model.layers[0], model.model.layers[1]
+        calls = []
+        handles = [m.register_forward_hook(lambda *_, name=name: calls.append(name))
+                   for name, m in (("second", second), ("head", model.lm_head))]
+        full = block_output(model, first, batch)
+        full.square().sum().backward()
+        grads = [p.grad.clone() for p in first.parameters()]
+        model.zero_grad()
+        assert calls == ["second", "head"]
+        calls.clear()
+        early = block_output(model, first, batch, next_block=second)
+        early.square().sum().backward()
+        assert calls == [] and torch.equal(early, full)
+        assert all(torch.allclose(p.grad, g) for p, g in zip(first.parameters(), grads))
+        for h in handles:
+            h.remove()
+
+
 def test_given_model_is_unlearned_in_place_and_reloaded_for_the_original(world):
     task = _task(world)
     loaded = task.provided_original()[0]
     result = obliviate.unlearn(task, "npo", seed=0, oracle=False, use_cache=False, **BASE)
     assert result.model is loaded  # no copy of a given model is made
-    assert result.report["lm_run"]["reference"] == "none"
+    assert result.report["lm_run"]["reference"] == "precomputed NLLs"
     reloaded = result.original
     assert reloaded is not loaded
     assert _max_diff(_weights(reloaded), _weights(task.build_model())) == 0.0
@@ -298,8 +347,8 @@ def test_two_launched_processes_give_the_weights_of_one(world, one_process, tmp_
     ra, rb = (json.loads((d / "report.json").read_text()) for d in (one_process, tmp_path))
     assert ra["lm_run"]["processes"] == 1 and rb["lm_run"]["processes"] == 2
     assert ra["lm_run"]["sharding"] == "replicate" and rb["lm_run"]["sharding"] == sharding
-    assert rb["lm_run"]["reference"] == ("separate copy, sharded" if sharding == "fsdp" else
-                                         "starting weights swapped in")
+    assert rb["lm_run"]["reference"] == "precomputed NLLs; " + ("separate copy, sharded" if sharding == "fsdp" else
+                                                                "starting weights swapped in")
     for role in ("original", "unlearned"):
         for key, value in ra["metrics"][role].items():
             if isinstance(value, float):

@@ -23,6 +23,7 @@ from obliviate.metrics import challenge as challenge_metric
 from obliviate.metrics.relearn import (RelearnConfig, anamnesis_index, forget_metric, relearn_config_summary,
                                        relearn_time, target_value)
 from obliviate.models.store import ModelStore, content_key, state_sha256
+from obliviate import dist
 from obliviate.memory import check_fits
 from obliviate.oracle import STORE_FORMAT, retrain_oracle, train_original
 from obliviate.requests import ForgetRequest, ids_sha256, resolve
@@ -606,6 +607,10 @@ class Session:
         for key in ("guard", "filter"):  # suppression layers: detector quality and generation counts (live dicts)
             if key in ctx.extras:
                 report[key] = copy.deepcopy(ctx.extras[key])
+                counts = report[key].get("generation")
+                if dist.launched() and isinstance(counts, dict):  # each process generated its share of the batches
+                    parts = dist.gather([(dist.rank(), counts)])
+                    report[key]["generation"] = {k: sum(c[k] for _, c in parts) for k in counts}
         if start is not None:
             models["start"] = {"sha256": start[1].get("sha256")}
         if relearn_block is not None:

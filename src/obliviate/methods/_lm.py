@@ -290,6 +290,7 @@ class LMRun:
             if not getattr(base, "supports_gradient_checkpointing", False):
                 raise ConfigError(f"grad_checkpointing: {type(base).__name__} does not support gradient "
                                   f"checkpointing")
+            self._use_cache = getattr(base.config, "use_cache", None)
             base.config.use_cache = False
             kwargs = {"use_reentrant": False}  # non-reentrant: works with frozen inputs (LoRA) and forward hooks
             if hasattr(base, "activation_checkpointing_enable"):  # transformers 5's name
@@ -307,6 +308,8 @@ class LMRun:
             self._stash = [(p, p.detach().clone()) for p in self.params]
             self.ref_kind = "starting weights swapped in"
         self.opt = optimizer(self.model, cfg)
+        if self.device.type == "cuda":  # the report's peak is this training run's, not the evaluation's before it
+            torch.cuda.reset_peak_memory_stats(self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16-mixed" else None
         self.steps = self.skipped = 0
 
@@ -335,10 +338,13 @@ class LMRun:
         batch["index"] = torch.tensor(idx, dtype=torch.long, device=self.device)
         return batch
 
-    def autocast(self, device_type: str | None = None):
+    def autocast(self, device_type: str | None = None, cache: bool = True):
+        """The run's autocast region. ``cache=False`` for passes without gradients: autocast otherwise keeps a
+        16-bit copy of every weight that requires grad until the region exits (half the model again)."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=device_type or self.device.type, dtype=self.autocast_dtype)
+        return torch.autocast(device_type=device_type or self.device.type, dtype=self.autocast_dtype,
+                              cache_enabled=cache)
 
     # -- reference ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -351,7 +357,7 @@ class LMRun:
         order = sorted(range(len(self.forget)), key=lambda i: -len(self.forget[i].ids))
         for start in range(0, len(order), size):
             idx = order[start:start + size]
-            with self.autocast():
+            with self.autocast(cache=False):
                 nll, _ = sequence_nll(base, collate([self.forget[i] for i in idx], self.pad, self.device))
             out[idx] = nll.float().cpu()
         base.train(was)
@@ -373,12 +379,12 @@ class LMRun:
         if self._ref is not None:
             where = next(self._ref.parameters()).device
             moved = {k: v.to(where) for k, v in batch.items()}
-            with self.autocast(where.type):
+            with self.autocast(where.type, cache=False):
                 return fn(self._ref, moved).to(self.device)
         was = self.model.training
         self.model.eval()
         try:
-            with self.autocast():
+            with self.autocast(cache=False):
                 if self.ref_kind == "adapters disabled":
                     with self.model.disable_adapter():
                         return fn(self.model, batch)
@@ -439,7 +445,7 @@ class LMRun:
         cfg = self.cfg
         if cfg.grad_checkpointing:
             (getattr(self.base, "activation_checkpointing_disable", None) or self.base.gradient_checkpointing_disable)()
-            self.base.config.use_cache = True
+            self.base.config.use_cache = self._use_cache
         if self.fsdp:  # every process gathers the full weights into a plain model for evaluation and saving
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -454,7 +460,9 @@ class LMRun:
         block = {"precision": cfg.precision, "grad_accum": cfg.grad_accum, "processes": dist.world_size(),
                  "sharding": "fsdp" if self.fsdp else "replicate",
                  "batch_size": getattr(cfg, "batch_size", None), "grad_checkpointing": cfg.grad_checkpointing,
-                 "lora_r": cfg.lora_r, "reference": self.ref_kind, "steps": self.steps,
+                 "lora_r": cfg.lora_r, "reference": "; ".join(
+                     ["precomputed NLLs"] * (self.ref_nll is not None) + [self.ref_kind] * (self.ref_kind != "none"))
+                 or "none", "steps": self.steps,
                  "trainable_parameters": int(sum(p.numel() for p in self.params))}
         if self.scaler is not None:
             block["skipped_steps"] = int(self.skipped)  # fp16 overflow: the gradient scaler skipped the update

@@ -83,18 +83,33 @@ def layer_and_params(model, cfg: RMUConfig) -> tuple[int, list[str]]:
     return layer, names
 
 
-def block_output(model, block: torch.nn.Module, batch) -> torch.Tensor:
-    """The output hidden states of ``block`` [B, T, d] for ``batch`` (full forward, read by a hook)."""
+class _Stop(Exception):
+    """Raised before the block after the steered one: the rest of the forward pass is never computed."""
+
+
+def block_output(model, block: torch.nn.Module, batch, next_block: torch.nn.Module | None = None) -> torch.Tensor:
+    """The output hidden states of ``block`` [B, T, d] for ``batch``, read by a hook. With ``next_block`` the
+    forward pass stops where that block would start (a pre-hook raises), so the blocks above the steered one,
+    the head and their activations cost nothing — RMU at layer 7 of a 32-block model runs 8 of them. The
+    following block never ran, so a gradient-checkpointing recomputation never meets the raising hook."""
     seen = {}
 
     def hook(_module, _inputs, output):
         seen["h"] = output[0] if isinstance(output, tuple) else output
 
-    handle = block.register_forward_hook(hook)
+    def stop(_module, _inputs):
+        raise _Stop
+
+    handles = [block.register_forward_hook(hook)]
+    if next_block is not None:
+        handles.append(next_block.register_forward_pre_hook(stop))
     try:
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    except _Stop:
+        pass
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return seen["h"]
 
 
@@ -125,12 +140,16 @@ class RMU(Method):
         # the frozen original's retain activations: the trained matrices' starting values swapped in (or LoRA
         # adapters disabled), so no second model is held
         run = LMRun(ctx, cfg, reference="model", targets=modules)
-        block = transformer_blocks(ctx.model)[1][layer]
-        blocks = {id(run.model): block, id(ctx.model): block}
+        def pair(model):  # the steered block and, unless it is the last (or FSDP runs the passes), the next one
+            blocks = transformer_blocks(model)[1]
+            return blocks[layer], (blocks[layer + 1] if layer + 1 < len(blocks) and not run.fsdp else None)
+
+        mine = pair(ctx.model)
+        pairs = {id(run.model): mine, id(ctx.model): mine}
 
         def steered(model, batch):
-            target = blocks.get(id(model)) or transformer_blocks(model)[1][layer]  # a separate copy's own block
-            return block_output(model, target, batch)
+            target = pairs.get(id(model)) or pair(model)  # a separate copy's own blocks
+            return block_output(model, target[0], batch, next_block=target[1])
 
         def loss(forget, retain):
             value = masked_mse(steered(run.model, forget), control, forget["attention_mask"])
