@@ -89,6 +89,37 @@ def test_activation_formula_by_hand():
     assert memory.activation_bytes(2, 16, 64, 4, 2, checkpointing=True) == 2 * 16 * 2 * 64 * 2 + 69632 + 10240
 
 
+def test_block_units_by_hand_and_against_what_autograd_saves():
+    """2·(6 + 1 + 5·4) = 54 bytes per s·b·h for GPT-2's block (NewGELU keeps tanh, sum and product), 2·(8 + 2 +
+    4·i/h) for a rotary, gated block; within 15 % of the bytes autograd really saves in one block of each."""
+    gpt2, llama = memory.skeleton(_gpt2()), memory.skeleton(_small_llama())
+    assert memory.block_units(gpt2) == 54 and memory.block_units(llama) == 36
+    torch.manual_seed(0)
+    for config in (tf.GPT2Config(n_embd=128, n_layer=1, n_head=4, vocab_size=50, resid_pdrop=0, embd_pdrop=0,
+                                 attn_pdrop=0),
+                   tf.LlamaConfig(vocab_size=50, hidden_size=128, intermediate_size=344, num_hidden_layers=1,
+                                  num_attention_heads=4, num_key_value_heads=4)):
+        model = tf.AutoModelForCausalLM.from_config(config)
+        block = (model.transformer.h if hasattr(model, "transformer") else model.model.layers)[0]
+        b, t, h = 2, 32, 128
+        x = torch.randn(b, t, h, requires_grad=True)
+        kwargs = {}
+        if hasattr(model, "model"):  # Llama blocks take the rotary embeddings
+            kwargs["position_embeddings"] = model.model.rotary_emb(x, torch.arange(t)[None])
+        seen = {}
+        weights = {q.untyped_storage().data_ptr() for q in model.parameters()} | {x.untyped_storage().data_ptr()}
+
+        def pack(tensor):  # activations only: not a weight (nor its transposed view) and not the block's input
+            if tensor.untyped_storage().data_ptr() not in weights:
+                seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            block(x, **kwargs)
+        measured = sum(seen.values()) / (b * t * h * 4) * 2  # bytes per s·b·h at 16-bit
+        assert measured == pytest.approx(memory.block_units(model), rel=0.15), type(model).__name__
+
+
 def test_components_by_hand():
     cfg = GradientAscentLMConfig(batch_size=8, grad_accum=2)  # fp32, AdamW; no retain term
     est = memory.estimate(_small_llama(), GradientAscentLM(cfg), seq_len=16, world_size=1)
@@ -96,7 +127,8 @@ def test_components_by_hand():
     assert est.parameters == P_SMALL == 95040 and est.micro_batch == 4 and est.seq_len == 16
     assert c["weights"] == c["gradients"] == 4 * P_SMALL
     assert c["optimizer states"] == 2 * 4 * P_SMALL
-    assert c["activations"] == 2 * 2 * 34 * 16 * 4 * 64  # 2 layers, fp32 (×2); sdpa stores no scores
+    # 2 layers, fp32 (×2), sdpa stores no scores; 36 = 2·(8 + 2 + 4·128/64): rotary q/k, a gated MLP of 2h
+    assert c["activations"] == 2 * 2 * 36 * 16 * 4 * 64
     assert c["logits"] == 2 * 4 * 16 * 100 * 4  # logits and their gradient, fp32
     assert c["reference"] == c["autocast copies"] == 0
     assert est.total == est.phases["forward/backward"] == (c["weights"] + c["gradients"] + c["optimizer states"]
@@ -105,7 +137,7 @@ def test_components_by_hand():
     assert sgd.components["optimizer states"] == 4 * P_SMALL and sgd.components["optimizer step temporaries"] == 0
     eager = memory.estimate(_small_llama(attn_implementation="eager"), GradientAscentLM(cfg), seq_len=16,
                             world_size=1)
-    assert eager.components["activations"] == memory.activation_bytes(4, 16, 64, 4, 2, compute_bytes=4)
+    assert eager.components["activations"] == memory.activation_bytes(4, 16, 64, 4, 2, compute_bytes=4, units=36)
     mixed = memory.estimate(_small_llama(), GradientAscentLM(GradientAscentLMConfig(precision="bf16-mixed")),
                             seq_len=16)
     # fp32 master weights, and the 16-bit copies autocast caches of every weight but the input embedding

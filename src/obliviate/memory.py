@@ -14,9 +14,9 @@ changes its call changes its row there. Sources of the formulas:
   doubled for fp32 compute; with checkpointing each layer keeps its input (s·b·h) plus one layer's activations.
   The 5·a·s²·b term is the attention-score matrices: counted for ``eager`` attention only, since PyTorch's
   fused scaled-dot-product kernels (transformers' default ``sdpa``) and flash attention never store them.
-  The 34 is a GPT-style block (GELU MLP of 4h): counting the tensors autograd saves in transformers' own
-  GPT-2 and Llama blocks (dropout off, sdpa) gives about 56-59 bytes per s·b·h per layer at 16-bit (SwiGLU's
-  gate/up/product and GPT-2's tanh-GELU keep more intermediates), so the activation term is a lower bound.
+  The 34 is Megatron's GPT block; :func:`block_units` counts the model's own block as autograd saves it in
+  transformers (rotary q/k, a gated MLP's four intermediates per i/h, an unfused GELU's extra ones): 54 bytes
+  per s·b·h for GPT-2 (measured 54), 41 for the benchmark's Llama (measured 42).
 - optimiser states: ``torch.optim.Adam``/``AdamW`` keep ``exp_avg`` and ``exp_avg_sq`` (2 per trainable
   parameter, in its dtype), SGD with momentum one buffer; their multi-tensor step, the default on CUDA, allocates
   one temporary the size of every trainable parameter (``torch/optim/adam.py``: ``torch._foreach_sqrt``).
@@ -235,13 +235,40 @@ def loaded_dtype(model_config, dtype: str = "auto") -> str:
 
 # -- the estimate ------------------------------------------------------------------------------------------------------
 
+#: activations whose Python implementation keeps several intermediates per element (transformers' NewGELU / FastGELU:
+#: tanh, sum and products of the c_fc output); fused ones (F.gelu, SiLU, ReLU) keep only their input
+_UNFUSED_ACTS = {"gelu_new": 3, "gelu_fast": 3, "quick_gelu": 1}
+
+
+def block_units(model) -> float:
+    """Bytes per token and hidden unit (s·b·h) one transformer block keeps for its backward pass at 16-bit,
+    as autograd saves them in transformers' blocks (sdpa attention, no dropout; counted with
+    ``saved_tensors_hooks``, tests/test_memory_plan.py): the attention half keeps the norm's output, q, k, v, the
+    attention output and the residual (6 × h; rotary embeddings add rotated q and k: 8), the MLP half its norm's
+    output (2 with rotary-style RMSNorm blocks, 1 otherwise) plus, per intermediate unit i/h, the up projection
+    and the activation (2), four for a gated MLP (gate, up, activation, product: SwiGLU), and the extra
+    intermediates of an unfused activation. GPT-2 (i = 4h, NewGELU): 2·(6 + 1 + 5·4) = 54, measured 54; the
+    benchmark's 95M Llama (i/h = 2.67): 2·(8 + 2 + 4·2.67) = 41.3, measured 42 (``benchmarks/lm_memory.py``).
+    Korthikanti et al.'s 34 counts Megatron's GPT block (fused GELU, dropout masks)."""
+    cfg = model.config
+    h = int(cfg.hidden_size)
+    inter = int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * h)
+    names = [n for n, _ in model.named_modules()]
+    gated = any(n.endswith(("gate_proj", "gate_up_proj", "w1", "w3")) for n in names)
+    rotary = any("rotary" in n for n in names) or getattr(cfg, "rope_theta", None) is not None
+    act = str(getattr(cfg, "hidden_act", None) or getattr(cfg, "activation_function", "") or "")
+    per_inter = (4 if gated else 2) + _UNFUSED_ACTS.get(act, 0)
+    return 2 * ((8 if rotary else 6) + (2 if rotary else 1) + per_inter * inter / h)
+
+
 def activation_bytes(b: int, s: int, h: int, a: int, layers: int, *, compute_bytes: int = 2,
-                     checkpointing: bool = False, scores: bool = True) -> int:
-    """Activations kept for the backward pass of ``layers`` transformer blocks (Korthikanti et al. 2022, Eq. 1:
-    s·b·h·34 + 5·a·s²·b bytes per layer at 16-bit, ×2 at fp32); ``scores=False`` drops the attention-score term
-    (fused attention kernels do not store it); with ``checkpointing`` each block keeps its input, one is rebuilt."""
+                     checkpointing: bool = False, scores: bool = True, units: float = 34) -> int:
+    """Activations kept for the backward pass of ``layers`` transformer blocks: ``units``·s·b·h + 5·a·s²·b bytes
+    per layer at 16-bit, ×2 at fp32 (Korthikanti et al. 2022, Eq. 1, where ``units`` = 34 for a GPT block;
+    :func:`block_units` for the model's own); ``scores=False`` drops the attention-score term (fused attention
+    kernels do not store it); with ``checkpointing`` each block keeps its input, one is rebuilt."""
     scale = compute_bytes / 2
-    per_layer = (34 * s * b * h + (5 * a * s * s * b if scores else 0)) * scale
+    per_layer = (units * s * b * h + (5 * a * s * s * b if scores else 0)) * scale
     if checkpointing:
         return int(layers * s * b * h * compute_bytes + per_layer)
     return int(layers * per_layer)
@@ -314,9 +341,11 @@ def _estimate(model_config, name, cfg, device, dtype, seq_len, eval_batch_size, 
     n_layers = int(model_config.num_hidden_layers)
     layers = rmu_layers if profile.rmu else n_layers
     attention = getattr(model.config, "_attn_implementation", None) or "eager"
+    units = block_units(model)
     c["activations"] = activation_bytes(n_seq, s, int(model_config.hidden_size),
                                         int(model_config.num_attention_heads), layers, compute_bytes=compute,
-                                        checkpointing=cfg.grad_checkpointing, scores=attention == "eager")
+                                        checkpointing=cfg.grad_checkpointing, scores=attention == "eager",
+                                        units=units)
     # RMU: each full forward's logits are computed and dropped at once, no gradient flows through them
     c["logits"] = (b if profile.rmu else 2 * n_seq) * s * vocab * compute  # 2: the logits and their gradient
     if profile.kl:
@@ -356,7 +385,8 @@ def _estimate(model_config, name, cfg, device, dtype, seq_len, eval_batch_size, 
               f"tokens (batch {batch} / (grad_accum {cfg.grad_accum} × {world} process{'es' if world > 1 else ''}))",
               f"precision {precision}: weights {weights}, trainable {tdtype}, compute "
               f"{'fp32' if compute == 4 else '16-bit'}" + (f", LoRA r={cfg.lora_r}" if lora else ""),
-              "activations: Korthikanti et al. 2022 (arXiv 2205.05198) Eq. 1, s·b·h·34"
+              f"activations: Korthikanti et al. 2022 (arXiv 2205.05198) Eq. 1, s·b·h·{units:.1f} (this block's "
+              "saved tensors; 34 for a GPT block)"
               + (" + 5·a·s²·b" if attention == "eager" else
                  f" (no 5·a·s²·b score term: {attention} attention stores no scores)")
               + (" with gradient checkpointing" if cfg.grad_checkpointing else "")
@@ -542,5 +572,5 @@ def check_fits(task, method, device) -> MemoryEstimate | None:
 
 
 __all__ = ["MemoryEstimate", "parse_size", "format_bytes", "visible_memory", "skeleton", "lora_sizes",
-           "loaded_dtype", "activation_bytes", "estimate", "estimate_task", "suggestions", "plan_device", "plan",
+           "loaded_dtype", "block_units", "activation_bytes", "estimate", "estimate_task", "suggestions", "plan_device", "plan",
            "check_fits"]
