@@ -208,7 +208,7 @@ def test_fsdp_splits_the_training_state_over_the_processes():
         assert fsdp.components[key] == -(-ddp.components[key] // 8)
     assert fsdp.components["reference"] == -(-4 * p // 8)  # a sharded fp32 copy instead of the stash
     assert fsdp.components["unsharded blocks"] > 0 and ddp.components["unsharded blocks"] == 0
-    assert fsdp.phases["gathered after training"] >= 4 * p  # the full weights again for evaluation
+    assert fsdp.phases["gathered after training"] >= 2 * p  # the full weights again (in bf16, as loaded)
     assert fsdp.total < ddp.total
 
 

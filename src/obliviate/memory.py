@@ -380,7 +380,7 @@ def _estimate(model_config, name, cfg, device, dtype, seq_len, eval_batch_size, 
               "scoring": c["weights"] + c["autocast copies"] + c["scoring logits"] + oracle}
     if fsdp:
         phases["before sharding"] = full * (2 if "model" in profile.reference and not separate else 1)
-        phases["gathered after training"] = full + c["weights"] + c["reference"]
+        phases["gathered after training"] = total * _BYTES[loaded] + c["weights"] + c["reference"]  # cast back
     notes += [f"micro-batch {b} forget" + (f" + {b} retain" if profile.retain else "") + f" sequences of {s} "
               f"tokens (batch {batch} / (grad_accum {cfg.grad_accum} × {world} process{'es' if world > 1 else ''}))",
               f"precision {precision}: weights {weights}, trainable {tdtype}, compute "

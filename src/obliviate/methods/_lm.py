@@ -446,11 +446,13 @@ class LMRun:
         if cfg.grad_checkpointing:
             (getattr(self.base, "activation_checkpointing_disable", None) or self.base.gradient_checkpointing_disable)()
             self.base.config.use_cache = self._use_cache
-        if self.fsdp:  # every process gathers the full weights into a plain model for evaluation and saving
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
+        if self.fsdp:  # every process gathers the full weights into a plain model for evaluation and saving,
+            # one tensor at a time, each cast to the dtype the model came in (never the whole model in fp32)
             self.opt = self._ref = None
-            state = get_model_state_dict(self.base, options=StateDictOptions(full_state_dict=True))
+            state = {}
+            for name, tensor in self.base.state_dict().items():
+                full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+                state[name] = full.to(self.dtype_in) if full.is_floating_point() else full
             cls, config = self._plain
             self.model = _rebuild(cls, config, state, self.base, self.device)
         model = unwrap(self.model)
