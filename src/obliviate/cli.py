@@ -508,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             err.print(f"error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
             return int(exc.exit_code or 2)
         raise
+    dist.finish()  # under a launcher: wait for rank 0's writes, then leave the process group together
     return rv if isinstance(rv, int) else 0
 
 

@@ -113,3 +113,13 @@ def barrier() -> None:
 
         init()
         td.barrier()
+
+
+def finish() -> None:
+    """End of a launched command: every process waits for the others (rank 0 writes after the last collective),
+    then the process group is destroyed — a process exiting while its peers still hold gloo connections aborts."""
+    import torch.distributed as td
+
+    if launched() and td.is_initialized():
+        td.barrier()
+        td.destroy_process_group()

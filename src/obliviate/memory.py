@@ -379,7 +379,9 @@ def _estimate(model_config, name, cfg, device, dtype, seq_len, eval_batch_size, 
               "optimizer step": resident + c["optimizer step temporaries"],
               "scoring": c["weights"] + c["autocast copies"] + c["scoring logits"] + oracle}
     if fsdp:
-        phases["before sharding"] = full * (2 if "model" in profile.reference and not separate else 1)
+        # LMRun.shard casts the shards, not the loaded model: before sharding the weights are as loaded
+        phases["before sharding"] = total * _BYTES[loaded] * (2 if "model" in profile.reference and not separate
+                                                              else 1)
         phases["gathered after training"] = total * _BYTES[loaded] + c["weights"] + c["reference"]  # cast back
     notes += [f"micro-batch {b} forget" + (f" + {b} retain" if profile.retain else "") + f" sequences of {s} "
               f"tokens (batch {batch} / (grad_accum {cfg.grad_accum} × {world} process{'es' if world > 1 else ''}))",

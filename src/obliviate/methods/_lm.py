@@ -255,16 +255,19 @@ class LMRun:
         base = ctx.model
         self.dtype_in = next(base.parameters()).dtype
         self.warnings: list[str] = []
+        self.fsdp = dist.launched() and (cfg.sharding == "fsdp" or (
+            cfg.sharding == "auto" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"))
+        # the training dtype: bf16, or fp32 (master) weights unless LoRA leaves the frozen base as loaded;
+        # under FSDP the cast waits until the weights are sharded (never a full fp32 copy per process)
+        self.train_dtype = (torch.bfloat16 if cfg.precision == "bf16" else
+                            torch.float32 if cfg.lora_r == 0 or cfg.precision == "fp32" else None)
         if cfg.precision == "bf16":
-            base.to(torch.bfloat16)
             self.warnings.append(BF16_WARNING)
             if not os.environ.get("OBLIVIATE_QUIET"):
                 print(BF16_WARNING, file=sys.stderr)
-        elif cfg.lora_r == 0 or cfg.precision == "fp32":
-            base.float()  # fp32 (master) weights; a no-op for an fp32 model
+        if self.train_dtype is not None and not self.fsdp:
+            base.to(self.train_dtype)  # a no-op when the model is already in it
         self.autocast_dtype = _AUTOCAST.get(cfg.precision)
-        self.fsdp = dist.launched() and (cfg.sharding == "fsdp" or (
-            cfg.sharding == "auto" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"))
         if self.fsdp and cfg.lora_r > 0:
             raise ConfigError("sharding=fsdp shards full-weight training; LoRA's trainable state is small, so "
                               "run it with sharding=replicate")
@@ -278,7 +281,7 @@ class LMRun:
         wants = set(reference.split("+")) - {"none"}
         if wants - {"nll", "model"}:
             raise ValueError(f"reference: expected none, nll, model or nll+model, got {reference!r}")
-        self.ref_nll = self._reference_nll(base) if "nll" in wants else None
+        self.ref_nll = self._reference_nll(base) if "nll" in wants and not self.fsdp else None
         self.ref_kind, self._ref, self._stash = "none", None, None
         if "model" in wants:
             self._setup_reference(base)
@@ -303,6 +306,13 @@ class LMRun:
                 self.ref_kind = "separate copy, sharded"
             self._plain = (type(base), copy.deepcopy(base.config))
             shard(base)
+            for m in (base, self._ref):
+                if m is not None and self.train_dtype is not None:
+                    m.to(self.train_dtype)  # the shards only
+            if "nll" in wants:  # the starting model's NLLs, through the sharded model (every process, same batches)
+                self.ref_nll = self._reference_nll(base)
+                base.reshard()  # FSDP leaves the root unsharded after a forward without backward: the optimiser
+                # must get the sharded parameters
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if "model" in wants and self.ref_kind == "none":  # full or partial weights: keep their start values
             self._stash = [(p, p.detach().clone()) for p in self.params]
@@ -380,7 +390,10 @@ class LMRun:
             where = next(self._ref.parameters()).device
             moved = {k: v.to(where) for k, v in batch.items()}
             with self.autocast(where.type, cache=False):
-                return fn(self._ref, moved).to(self.device)
+                out = fn(self._ref, moved).to(self.device)
+            if self.fsdp:
+                self._ref.reshard()  # a forward without backward leaves FSDP's root unsharded
+            return out
         was = self.model.training
         self.model.eval()
         try:
