@@ -107,14 +107,6 @@ def gather(local: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
     return [item for part in parts for item in part]
 
 
-def barrier() -> None:
-    if launched():
-        import torch.distributed as td
-
-        init()
-        td.barrier()
-
-
 def finish() -> None:
     """End of a launched command: every process waits for the others (rank 0 writes after the last collective),
     then the process group is destroyed — a process exiting while its peers still hold gloo connections aborts."""

@@ -12,7 +12,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from obliviate import dist
 from obliviate.training import make_optimizer, progress_bar, seed_everything

@@ -331,7 +331,7 @@ def _estimate(model_config, name, cfg, device, dtype, seq_len, eval_batch_size, 
     c["optimizer states"] = (1 if opt == "sgd" else 2) * trainable * tb
     if opt != "sgd":  # the multi-tensor step's temporary: every trainable tensor on CUDA, one at a time on CPU
         c["optimizer step temporaries"] = (trainable if device.type == "cuda" else max(sizes, default=0)) * tb
-    c["reference"], other, _ = _reference(cfg, profile, device, total, trainable, tb, weights, lora, notes)
+    c["reference"], other = _reference(cfg, profile, device, total, trainable, tb, weights, lora, notes)
 
     # one micro-batch: forget sequences, as many retain ones when the loss has a retain term
     world = int(world_size or dist.world_size())
@@ -398,10 +398,10 @@ def _estimate(model_config, name, cfg, device, dtype, seq_len, eval_batch_size, 
 
 
 def _reference(cfg, profile, device, total, trainable, tb, weights, lora, notes):
-    """(bytes on the training device, bytes elsewhere, whether a copy is moved off the device) of what the run
+    """(bytes on the training device, bytes elsewhere) of what the run
     keeps to compare with: LMRun._setup_reference's separate copy (``ref_device`` / ``ref_precision``), else the
     disabled LoRA adapters or the stash of the trainable parameters' starting values; task_vector's θ_o."""
-    here, other, moved = 0, {}, False
+    here, other = 0, {}
     if "model" in profile.reference:
         ref_device = torch.device(cfg.ref_device) if cfg.ref_device else device
         if ref_device != device or cfg.ref_precision != "auto":  # LMRun's own test for a separate copy
@@ -409,7 +409,7 @@ def _reference(cfg, profile, device, total, trainable, tb, weights, lora, notes)
             if _same_device(ref_device, device):
                 here = size
             else:
-                other[str(ref_device)], moved = size, True
+                other[str(ref_device)] = size
             notes.append(f"reference: a separate frozen copy on {ref_device} "
                          f"({cfg.ref_precision if cfg.ref_precision != 'auto' else weights})")
         elif lora:
@@ -422,7 +422,7 @@ def _reference(cfg, profile, device, total, trainable, tb, weights, lora, notes)
         notes.append("task_vector keeps θ_o, an fp32 clone of every float parameter, during its fine-tune")
     if "nll" in profile.reference:
         notes.append("reference: precomputed NLLs of the forget sequences (4 bytes each, not counted)")
-    return here, other, moved
+    return here, other
 
 
 def _finish(device, c, phases, total, trainable, b, s, other, notes) -> MemoryEstimate:

@@ -52,7 +52,18 @@ _META_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
 
 
 @dataclass
-class HFOptions:
+class LoadOptions:
+    """How a given model is loaded and scored: the options every task on a given model directory shares."""
+
+    eval_batch_size: int = field(default=32, metadata={
+        "help": "sequences per forward pass when scoring and generating for the metrics", "min": 1})
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
+        "help": "dtype the model (and oracle) weights are loaded in: auto = as stored (a bf16 checkpoint stays "
+                "bf16: half the memory of fp32)"})
+
+
+@dataclass
+class HFOptions(LoadOptions):
     model: str = field(default="", metadata={
         "help": "local Hugging Face causal LM directory (config.json, safetensors weights, tokenizer); the "
                 "original model, never trained (required)"})
@@ -78,11 +89,6 @@ class HFOptions:
     max_length: int = field(default=0, metadata={
         "help": "longest sequence in tokens; longer documents are split into chunks of this many tokens "
                 "(0 = the model's context length)", "min": 0})
-    eval_batch_size: int = field(default=32, metadata={
-        "help": "sequences per forward pass when scoring and generating for the metrics", "min": 1})
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
-        "help": "dtype the model (and oracle) weights are loaded in: auto = as stored (a bf16 checkpoint stays "
-                "bf16: half the memory of fp32)"})
     template: str = field(default="plain", metadata={
         "help": "prompt layout of QA pairs: plain (Question: … Answer:), muse, llama2 ([INST] … [/INST]), chat "
                 "(the tokenizer's chat template) or a JSON template file"})

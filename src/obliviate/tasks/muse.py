@@ -33,12 +33,12 @@ import numpy as np
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.tasks import register_task
 from obliviate.tasks.files import check_keys, field_str, read_json_any, read_rows
-from obliviate.tasks.hf import GivenModelTask
+from obliviate.tasks.hf import GivenModelTask, LoadOptions
 from obliviate.tasks.text import QA, TextData, TextRecord
 
 
 @dataclass
-class MUSEOptions:
+class MUSEOptions(LoadOptions):
     model: str = field(default="", metadata={
         "help": "local HF causal LM directory trained on the corpus (MUSE's *_target; required)"})
     data: str = field(default="", metadata={
@@ -53,11 +53,6 @@ class MUSEOptions:
         "help": "prompt layout of KnowMem: muse (MUSE's exact prompt), plain, llama2, chat or a template file"})
     icl_shots: int = field(default=10, metadata={
         "help": "few-shot pairs from knowmem/*_icl.json (MUSE uses all of them: 10 on News)", "min": 0})
-    eval_batch_size: int = field(default=32, metadata={
-        "help": "sequences per forward pass when scoring and generating for the metrics", "min": 1})
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
-        "help": "dtype the model (and oracle) weights are loaded in: auto = as stored (a bf16 checkpoint stays "
-                "bf16: half the memory of fp32)"})
     max_length: int = field(default=0, metadata={
         "help": "tokens per chunk of the raw corpora and longest scored sequence (0 = the model's context; "
                 "MUSE's unlearning uses 2048)", "min": 0})

@@ -31,7 +31,7 @@ import numpy as np
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.tasks import register_task
 from obliviate.tasks.files import check_keys, field_str, field_strings, find_table, read_json_any, read_rows
-from obliviate.tasks.hf import GivenModelTask
+from obliviate.tasks.hf import GivenModelTask, LoadOptions
 from obliviate.tasks.text import QA, TextData, TextRecord
 
 SPLITS = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
@@ -41,7 +41,7 @@ TOFU_KEYS = {"question", "answer", "paraphrased_answer", "paraphrased_question",
 
 
 @dataclass
-class TOFUOptions:
+class TOFUOptions(LoadOptions):
     model: str = field(default="", metadata={
         "help": "local HF causal LM directory fine-tuned on TOFU's full split (the target; required)"})
     data: str = field(default="", metadata={
@@ -63,11 +63,6 @@ class TOFUOptions:
         "help": "greedy tokens generated per question for ROUGE (OpenUnlearning: 200)", "min": 1})
     max_length: int = field(default=0, metadata={
         "help": "longest sequence in tokens (0 = the model's context length)", "min": 0})
-    eval_batch_size: int = field(default=32, metadata={
-        "help": "sequences per forward pass when scoring and generating for the metrics", "min": 1})
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
-        "help": "dtype the model (and oracle) weights are loaded in: auto = as stored (a bf16 checkpoint stays "
-                "bf16: half the memory of fp32)"})
     icl_shots: int = field(default=0, metadata={"help": "few-shot pairs in KnowMem prompts (TOFU: none)",
                                                 "min": 0})
 
