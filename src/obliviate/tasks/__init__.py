@@ -36,7 +36,13 @@ def list_tasks() -> list[type[Task]]:
 
 
 def _load_builtins() -> None:
-    from obliviate.tasks import authors, hf, muse, tabular, tofu  # noqa: F401  (registers the built-in tasks)
+    """Import every module of this package: a task is one file that calls ``register_task``."""
+    import importlib
+    import pkgutil
+
+    for mod in pkgutil.iter_modules(__path__):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{mod.name}")
 
 
 __all__ = ["Task", "TabularData", "TrainRecipe", "register_task", "get_task", "task_class", "list_tasks"]
