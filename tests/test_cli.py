@@ -349,6 +349,16 @@ BAD_INPUT = {
     "device-cuda": (dict(extra=("--device", "cuda")), "cuda"),
     "bad-device": (dict(extra=("--device", "tpu")), "tpu"),
     "unknown-option": (dict(extra=("--no-such-option",)), "--no-such-option"),
+    # issue 15's fuzzing holes
+    "epochs-1e12": (dict(sets=("train.epochs=1e12",)), "train.epochs: expected at most 1,000,000"),
+    "method-epochs-1e12": (dict(sets=("train.epochs=8", "epochs=1e12")), "epochs: expected at most"),
+    "hidden-0": (dict(sets=("train.epochs=8", "hidden=0")), "hidden: expected a value >= 1"),
+    "hidden-negative": (dict(sets=("train.epochs=8", "hidden=64,-5")), "hidden: expected a value >= 1"),
+    "full-width-ids": (dict(forget="ids:１,２"), "is not an integer id (ASCII digits"),
+    "arabic-indic-ids": (dict(forget="ids:٣"), "is not an integer id (ASCII digits"),
+    "full-width-fraction": (dict(forget="random:０.１"), "is not a number"),
+    "unknown-class-name": (dict(forget="class:seven"), "no class named 'seven'; classes: 0, 1"),
+    "huge-bad-spec": (dict(forget="bogus:" + "x" * 1_000_000), "(1,000,006 characters)"),
 }
 
 
@@ -366,6 +376,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, cli, tmp_path,
     assert len(lines) == 1, stderr
     assert lines[0].startswith("error:")
     assert names in lines[0], lines[0]
+    assert len(lines[0]) < 600, f"{len(lines[0])} characters"  # a huge bad input is not echoed whole
     assert "Traceback" not in stderr and stdout.strip() == ""
     for name in ("o.json", "o.html", "m.safetensors", "m.safetensors.sha256", "cache"):
         assert not (tmp_path / name).exists(), name

@@ -165,8 +165,8 @@ def test_class_covering_every_class_is_whole_set(digits):
         resolve("class:" + ",".join(map(str, range(10))), digits)
 
 
-@pytest.mark.parametrize("spec, needle", [("class:", "no ids given"), ("class:x", "not an integer"),
-                                          ("class:1.5", "not an integer")])
+@pytest.mark.parametrize("spec, needle", [("class:", "no class given"), ("class:x", "no class named 'x'; classes: 0, 1"),
+                                          ("class:1.5", "no class named '1.5'"), ("class:３", "no class named '３'")])
 def test_class_malformed(digits, spec, needle):
     with pytest.raises(SpecError, match=needle):
         resolve(spec, digits)

@@ -7,6 +7,7 @@ at the boundary with a message that says what was expected.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Mapping
@@ -70,8 +71,22 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     return value
 
 
+#: passes and steps of a loop (epochs, *_epochs, steps, max_steps, max_num_batches, msteps) are bounded by this unless
+#: the field declares its own "max": `--set epochs=1e12` is a typo, not a run of 10¹² epochs
+ITERATION_CAP = 1_000_000
+_ITERATION_FIELD = re.compile(r"(^|_)(epochs|steps|num_batches)$")
+
+
 def _check(name: str, value: Any, meta: Mapping[str, Any]) -> None:
     if value is None:
+        return
+    leaf = name.rpartition(".")[2]
+    if ("max" not in meta and isinstance(value, int) and not isinstance(value, bool)
+            and _ITERATION_FIELD.search(leaf) and value > ITERATION_CAP):
+        raise ConfigError(f"{name}: expected at most {ITERATION_CAP:,} (a bound on passes and steps), got {value:,}")
+    if isinstance(value, tuple):  # bounds apply to each element (MLP widths, priors)
+        for item in value:
+            _check(name, item, meta)
         return
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{name}: expected one of {', '.join(map(str, meta['choices']))}, got {value!r}")

@@ -1,6 +1,7 @@
 """Forget specs: parse a user's request and resolve it to a sorted array of stable example ids.
 
-Specs (DESIGN.md): ``random:0.1`` (fraction), ``random:50`` (count), ``class:3`` / ``class:3,5``,
+Specs (DESIGN.md): ``random:0.1`` (fraction), ``random:50`` (count), ``class:3`` / ``class:3,5`` / ``class:malignant``
+(a class index, or its name),
 ``ids:4,8,15`` / ``ids@file.txt``, ``target<=30`` / ``target>=2.5`` (also ``<`` and ``>``),
 ``subjects:3`` (text tasks), ``forget-file`` (the hf task's forget file). The same spec, task and seed always give the same ids.
 """
@@ -16,7 +17,18 @@ import numpy as np
 from obliviate.errors import SpecError
 
 _TARGET = re.compile(r"^target\s*(<=|>=|<|>)\s*(.+)$")
-SPEC_HELP = ("random:0.1 | random:50 | class:3[,5] | ids:4,8,15 | ids@file.txt | target<=30 | target>=2.5 | "
+# ASCII digits only: Python's \d and float() also accept full-width and Arabic-Indic digits, which a forget request
+# in a ledger must not (the same id would have several spellings)
+_INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+_ECHO = 80  # characters of a bad spec quoted back in an error
+
+
+def _q(text: str) -> str:
+    """``text`` quoted for an error line, cut to its first characters (a 10 MB spec is not echoed whole)."""
+    text = str(text)
+    return repr(text) if len(text) <= _ECHO else repr(text[:_ECHO]) + f"… ({len(text):,} characters)"
+SPEC_HELP = ("random:0.1 | random:50 | class:3[,5] | class:NAME | ids:4,8,15 | ids@file.txt | target<=30 | target>=2.5 | "
              "subjects:3 | forget-file")
 
 
@@ -48,21 +60,52 @@ def _parse_ints(text: str, what: str) -> list[int]:
         raise SpecError(f"{what}: no ids given")
     out = []
     for t in items:
-        if not re.fullmatch(r"[+-]?\d+", t):
-            raise SpecError(f"{what}: {t!r} is not an integer id")
+        if not _INT.fullmatch(t):
+            raise SpecError(f"{what}: {_q(t)} is not an integer id (ASCII digits 0-9)")
         if len(t) > 18:  # beyond any training set, and beyond int64
             raise SpecError(f"{what}: id {t[:24]}… out of range")
         out.append(int(t))
     return out
 
 
+def _ids(text: str, what: str, task) -> np.ndarray:
+    """Training ids of ``ids:`` / ``ids@``: positions, or the keys of a csv task's ``id_column``."""
+    if getattr(getattr(task, "options", None), "id_column", ""):
+        keys = [t for t in re.split(r"[\s,]+", text.strip()) if t]
+        if not keys:
+            raise SpecError(f"{what}: no ids given")
+        return task.resolve_keys(keys)
+    return np.array(_parse_ints(text, what), dtype=np.int64)
+
+
+def _parse_classes(text: str, names: list[str], spec: str) -> list[int]:
+    """Class indices of ``class:`` — an ASCII integer is an index (DESIGN.md), anything else a class name
+    (``class:malignant``; exact, else case-insensitive when that is unambiguous)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise SpecError(f"bad forget spec {_q(spec)}: no class given")
+    out = []
+    for t in items:
+        if _INT.fullmatch(t):
+            out.append(int(t) if len(t) <= 18 else -1)
+            continue
+        folded = [i for i, name in enumerate(names) if name.casefold() == t.casefold()]
+        exact = [i for i, name in enumerate(names) if name == t]
+        match = exact or (folded if len(folded) == 1 else [])
+        if not match:
+            shown = ", ".join(names[:12]) + (f", … ({len(names)} classes)" if len(names) > 12 else "")
+            raise SpecError(f"forget spec {_q(spec)}: no class named {_q(t)}; classes: {shown or 'none'}")
+        out.append(match[0])
+    return out
+
+
 def _parse_number(text: str, spec: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise SpecError(f"bad forget spec {spec!r}: {text!r} is not a number") from None
+    if not _NUMBER.fullmatch(text.strip()):
+        finite = "finite " if text.strip().lstrip("+-").lower() in ("inf", "infinity", "nan") else ""
+        raise SpecError(f"bad forget spec {_q(spec)}: {_q(text)} is not a {finite}number (ASCII digits, e.g. 0.1)")
+    value = float(text)
     if not np.isfinite(value):
-        raise SpecError(f"bad forget spec {spec!r}: {text!r} is not a finite number")
+        raise SpecError(f"bad forget spec {_q(spec)}: {_q(text)} is not a finite number")
     return value
 
 
@@ -83,23 +126,23 @@ def resolve(spec: str, task, seed: int = 0) -> ForgetRequest:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise SpecError(f"cannot read forget ids file {path}: {exc}") from None
-        ids = np.array(_parse_ints(text, f"forget ids file {path}"), dtype=np.int64)
+        ids = _ids(text, f"forget ids file {path}", task)
     elif spec.startswith("ids:"):
-        ids = np.array(_parse_ints(spec[4:], f"bad forget spec {spec!r}"), dtype=np.int64)
+        ids = _ids(spec[4:], f"bad forget spec {_q(spec)}", task)
     elif spec.startswith("random:"):
         ids = _random(spec, spec[7:], n, seed)
     elif spec.startswith("class:"):
         if kind != "classification":
-            raise SpecError(f"forget spec {spec!r} needs a classification task; task {task.name!r} is {kind}")
-        classes = _parse_ints(spec[6:], f"bad forget spec {spec!r}")
+            raise SpecError(f"forget spec {_q(spec)} needs a classification task; task {task.name!r} is {kind}")
+        classes = _parse_classes(spec[6:], task.data.class_names or [], spec)
         n_classes = task.data.n_classes
         bad = [c for c in classes if not 0 <= c < n_classes]
         if bad:
-            raise SpecError(f"forget spec {spec!r}: class {bad[0]} does not exist (classes are 0..{n_classes - 1})")
+            raise SpecError(f"forget spec {_q(spec)}: class {bad[0]} does not exist (classes are 0..{n_classes - 1})")
         ids = np.flatnonzero(np.isin(y, classes)).astype(np.int64)
     elif m := _TARGET.match(spec):
         if kind != "regression":
-            raise SpecError(f"forget spec {spec!r} needs a regression task; task {task.name!r} is {kind} (use class:N)")
+            raise SpecError(f"forget spec {_q(spec)} needs a regression task; task {task.name!r} is {kind} (use class:N)")
         op, value = m.group(1), _parse_number(m.group(2), spec)
         mask = {"<=": y <= value, ">=": y >= value, "<": y < value, ">": y > value}[op]
         ids = np.flatnonzero(mask).astype(np.int64)
@@ -111,19 +154,19 @@ def resolve(spec: str, task, seed: int = 0) -> ForgetRequest:
     elif spec.startswith("subjects:"):
         subjects = getattr(task, "subjects", None)
         if subjects is None:
-            raise SpecError(f"forget spec {spec!r} needs a text task with subjects; task {task.name!r} has none")
+            raise SpecError(f"forget spec {_q(spec)} needs a text task with subjects; task {task.name!r} has none")
         ids = task.resolve_subjects(spec[9:], seed)
     else:
-        raise SpecError(f"unknown forget spec {spec!r}; expected one of: {SPEC_HELP}")
+        raise SpecError(f"unknown forget spec {_q(spec)}; expected one of: {SPEC_HELP}")
 
     out_of_range = ids[(ids < 0) | (ids >= n)]
     if out_of_range.size:
-        raise SpecError(f"forget spec {spec!r}: id {int(out_of_range[0])} out of range (training ids are 0..{n - 1})")
+        raise SpecError(f"forget spec {_q(spec)}: id {int(out_of_range[0])} out of range (training ids are 0..{n - 1})")
     ids = np.unique(ids)
     if ids.size == 0:
-        raise SpecError(f"forget spec {spec!r} selects no training examples")
+        raise SpecError(f"forget spec {_q(spec)} selects no training examples")
     if ids.size == n:
-        raise SpecError(f"forget spec {spec!r} selects the whole training set ({n} examples); nothing would remain")
+        raise SpecError(f"forget spec {_q(spec)} selects the whole training set ({n} examples); nothing would remain")
     return ForgetRequest(spec, ids)
 
 
@@ -135,16 +178,16 @@ def check_seed(seed) -> int:
 
 def _random(spec: str, arg: str, n: int, seed: int) -> np.ndarray:
     arg = arg.strip()
-    if re.fullmatch(r"\d+", arg):
+    if _INT.fullmatch(arg) and not arg.startswith(("+", "-")):
         count = int(arg)
         if count >= n:
-            raise SpecError(f"forget spec {spec!r}: asks for {count} of {n} training examples; nothing would remain")
+            raise SpecError(f"forget spec {_q(spec)}: asks for {count} of {n} training examples; nothing would remain")
     else:
         frac = _parse_number(arg, spec)
         if not 0 < frac < 1:
-            raise SpecError(f"forget spec {spec!r}: a fraction must be in (0, 1), got {arg}")
+            raise SpecError(f"forget spec {_q(spec)}: a fraction must be in (0, 1), got {arg}")
         count = int(round(frac * n))
     if count == 0:
-        raise SpecError(f"forget spec {spec!r} selects no training examples")
+        raise SpecError(f"forget spec {_q(spec)} selects no training examples")
     rng = np.random.default_rng([seed, 0x0B11])
     return np.sort(rng.choice(n, size=count, replace=False)).astype(np.int64)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -145,9 +146,12 @@ class ModelStore:
         try:
             meta = json.loads(meta_path.read_text())
             tensors = load_state_file(weights, meta["sha256"])
-        except (IntegrityError, ValueError, KeyError, OSError):
+        except (IntegrityError, ValueError, KeyError, OSError) as exc:
             for p in (weights, meta_path, Path(f"{weights}.sha256")):
                 p.unlink(missing_ok=True)
+            # said, not silent: the caller trains the model again, which can take long
+            print(f"warning: cached entry {weights.name} in {self.root} is corrupt ({str(exc).splitlines()[0][:120]}); "
+                  "removed, training it again", file=sys.stderr)
             return None
         return tensors, meta
 

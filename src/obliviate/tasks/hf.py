@@ -237,6 +237,7 @@ class ModelDir:
 
     def load(self, dtype: str = "auto"):
         import torch
+        from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
@@ -252,7 +253,7 @@ class ModelDir:
                                                          trust_remote_code=False,
                                                          dtype={"fp32": torch.float32, "bf16": torch.bfloat16,
                                                                 "fp16": torch.float16}.get(dtype, "auto"))
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
             raise ObliviateError(f"cannot load the model in {self.path}: {_first_line(exc)}") from None
         finally:
             if bars:
@@ -326,7 +327,22 @@ def check_model_dir(path: str, what: str = "model") -> ModelDir:
             raise ObliviateError(f"{what} directory {d} holds a PEFT adapter, not a model; merge it into its base "
                                  "model and save that (merge_and_unload, save_pretrained)")
         raise ObliviateError(f"{what} directory {d} has no model.safetensors (nor model.safetensors.index.json)")
+    _check_safetensors(weights)
     return ModelDir(d, config, weights)
+
+
+def _check_safetensors(files: list[Path]) -> None:
+    """Each weights file opens as safetensors: its header parses and covers the file (a truncated or corrupt file
+    fails here with one line, not inside transformers after the config was accepted). Reads the headers only."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in files:
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise ObliviateError(f"{f} is not a readable safetensors file (truncated or corrupt?): "
+                                 f"{_first_line(exc)}") from None
 
 
 def _generic_tokenizer(d: Path) -> bool:
