@@ -20,6 +20,7 @@ from obliviate.errors import ConfigError, ObliviateError
 from obliviate.methods import Method, UnlearnContext, get_method
 from obliviate.metrics import Evaluation, avg_gap, gaps
 from obliviate.metrics import challenge as challenge_metric
+from obliviate.verdict import bench_verdict, reference
 from obliviate.metrics.relearn import (RelearnConfig, anamnesis_index, forget_metric, relearn_config_summary,
                                        relearn_time, target_value)
 from obliviate.models.store import ModelStore, content_key, state_sha256
@@ -736,8 +737,11 @@ def bench(task: str | Task, methods: list[str], forget: str | None = None, *, se
             runs.append(result.report)
             if on_run is not None:
                 on_run(result.report)
-    return {"schema": BENCH_SCHEMA, "task": task_obj.name, "task_kind": task_obj.kind, "forget": forget,
-            "seeds": seed_list, "methods": methods, "runs": runs, "summary": summarize(runs)}
+    doc = {"schema": BENCH_SCHEMA, "task": task_obj.name, "task_kind": task_obj.kind, "forget": forget,
+           "seeds": seed_list, "methods": methods, "runs": runs, "summary": summarize(runs),
+           "reference": reference(runs, task_obj.kind)}
+    doc["verdict"] = bench_verdict(doc, doc["reference"]["do_nothing_avg_gap"])
+    return doc
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -71,7 +71,7 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     return value
 
 
-#: passes and steps of a loop (epochs, *_epochs, steps, max_steps, max_num_batches, msteps) are bounded by this unless
+#: passes and steps of a loop (epochs, *_epochs, steps, max_steps, max_num_batches) are bounded by this unless
 #: the field declares its own "max": `--set epochs=1e12` is a typo, not a run of 10¹² epochs
 ITERATION_CAP = 1_000_000
 _ITERATION_FIELD = re.compile(r"(^|_)(epochs|steps|num_batches)$")
@@ -138,11 +138,60 @@ def as_dict(cfg: Any) -> dict[str, Any]:
 
 
 def split_overrides(pairs: list[str]) -> dict[str, str]:
-    """Parse ``["a=1", "b.c=x"]`` into a dict; a pair without ``=`` is an error."""
+    """Parse ``["a=1", "b.c=x"]`` into a dict; a pair without ``=`` is an error. ``@file.json`` inserts the
+    pairs of a JSON file (see :func:`load_overrides_file`) at its place: later pairs override earlier ones."""
     out: dict[str, str] = {}
     for pair in pairs:
+        if pair.startswith("@"):
+            out.update(load_overrides_file(pair[1:]))
+            continue
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {pair!r}")
         out[key.strip()] = value.strip()
+    return out
+
+
+def _override_text(where: str, key: str, value: Any) -> str:
+    """A JSON value as the string ``--set key=value`` would give (so both spellings coerce the same way)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, (int, float, str)):
+        return str(value) if not isinstance(value, float) else repr(value)
+    if isinstance(value, list) and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value):
+        return ",".join(_override_text(where, key, v) for v in value)
+    raise ConfigError(f"{where}: value of {key!r} must be a number, string, boolean or flat list, got {value!r}")
+
+
+def load_overrides_file(path: str) -> dict[str, str]:
+    """The ``--set`` pairs of ``@path``: a JSON object ``{"key": value, ...}``, or an ``obliviate tune``
+    result (``obliviate.tune/1``), whose ``set`` holds the fixed pairs and the best ``method.key`` values."""
+    import json
+
+    where = f"--set @{path}"
+    if not path:
+        raise ConfigError("--set @FILE needs a file name, e.g. --set @tuned.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: is a directory, not a JSON file") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        msg = f"{exc.msg} at line {exc.lineno}" if hasattr(exc, "lineno") else "not UTF-8 text"
+        raise ConfigError(f"{where}: not valid JSON ({msg})") from None
+    if isinstance(doc, dict) and doc.get("schema") == "obliviate.tune/1":
+        doc = doc.get("set")
+        if doc is None:
+            raise ConfigError(f"{where}: the tune result has no best parameters (no trial was within the budget)")
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: expected a JSON object of key: value pairs, got {type(doc).__name__}")
+    out = {}
+    for key, value in doc.items():
+        if not str(key).strip():
+            raise ConfigError(f"{where}: empty key")
+        out[str(key).strip()] = _override_text(where, key, value)
     return out

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from obliviate.errors import ObliviateError
-from obliviate.metrics.gap import HEADLINE, avg_gap, gaps
+from obliviate.metrics.gap import HEADLINE
+from obliviate.verdict import bench_verdict, reference, run_verdict
 
 GUARANTEE_TEXT = {
     "exact": "exact — the served model is distributed as one trained without the forget set (same recipe, seeds)",
@@ -79,6 +80,7 @@ th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 .badge{display:inline-block;padding:.1rem .5rem;border-radius:.6rem;font-size:.8rem;color:#fff}
 .exact{background:#2e7d32}.certified{background:#1565c0}.approximate{background:#ef6c00}.suppression{background:#6a1b9a}
 .note{color:#555;font-size:.85rem} .best{font-weight:bold;background:#eef7ee} pre{background:#f7f7f7;padding:.6rem;overflow:auto}
+.verdict{border-left:4px solid #2e7d32;background:#f4faf4;padding:.5rem .8rem;margin:.8rem 0} .reference td{color:#444;background:#fafafa}
 """
 
 
@@ -196,7 +198,8 @@ def _run_body(r: dict[str, Any]) -> str:
             f"<p>forget <code>{html.escape(r['forget']['spec'])}</code>: {r['forget']['n']} examples "
             f"(sha256 {r['forget']['sha256'][:16]}…), retain {r['retain']['n']}; seed {r['seed']}, device {r['device']}; "
             f"avg_gap <b>{_fmt(r.get('avg_gap'))}</b></p>"
-            f"<table><tr><th>metric</th>{head}<th>gap to oracle</th></tr>{rows}</table>{chart}"
+            + (f"<p class='verdict'>{html.escape(v)}</p>" if (v := run_verdict(r)) else "")
+            + f"<table><tr><th>metric</th>{head}<th>gap to oracle</th></tr>{rows}</table>{chart}"
             f"{exact}{extras}<table><tr><th>time</th><th>seconds</th></tr>{times}</table>"
             f"<details><summary>config, recipe and versions</summary><pre>"
             f"{html.escape(json.dumps({'config': r.get('config'), 'train': r.get('train'), 'task_options': r.get('task_options'), 'models': r.get('models'), 'versions': r.get('versions')}, indent=2, default=str))}"
@@ -340,21 +343,27 @@ def render_bench_html(doc: dict[str, Any]) -> str:
     summary = doc.get("summary", [])
     kind = doc.get("task_kind", "classification")
     keys = list(HEADLINE.get(kind, ()))
-    ref = doc["runs"][0]["metrics"] if doc.get("runs") else {}
+    ref = doc.get("reference") or reference(doc.get("runs", []), kind)  # means over the seeds the rows average
+    verdict = doc.get("verdict") or bench_verdict(doc, ref.get("do_nothing_avg_gap"))
+    flagged = set(verdict.get("did_not_forget", []))
     best = min((s["avg_gap"] for s in summary if s.get("avg_gap") is not None and s["method"] != "retrain"),
                default=None)
     challenge = any("challenge_score" in s for s in summary)
     blank_ch = "<td></td><td></td>" if challenge else ""
     rows = []
-    noop = avg_gap(gaps(ref["original"], ref["oracle"]), kind) if "oracle" in ref and "original" in ref else None
+    noop = ref.get("do_nothing_avg_gap")
+    n_ref = len(ref.get("seeds", []))
     for role, gap_value in (("original", noop), ("oracle", 0.0 if "oracle" in ref else None)):
         if role in ref:
-            rows.append(f"<tr><td><i>{role}</i> (seed {doc['runs'][0]['seed']})</td><td></td>"
-                        + "".join(f"<td>{_fmt(ref[role].get(k))}</td>" for k in keys)
+            label = "do nothing: the original" if role == "original" else "oracle (retrained without the forget set)"
+            rows.append(f"<tr class='reference'><td><i>{label}</i></td><td></td>"
+                        + "".join(f"<td>{_fmt(ref[role].get(k))}" + (f" ± {_fmt(ref[f'{role}_std'].get(k))}"
+                                                                      if n_ref > 1 else "") + "</td>" for k in keys)
                         + f"<td>{_fmt(gap_value)}</td><td></td><td></td>{blank_ch}</tr>")
     for s in summary:
         cls = " class='best'" if best is not None and s.get("avg_gap") == best else ""
-        rows.append(f"<tr{cls}><td>{html.escape(s['method'])}</td><td>{_badge(s['guarantee'])}</td>"
+        mark = " <small>(did not forget at these settings)</small>" if s["method"] in flagged else ""
+        rows.append(f"<tr{cls}><td>{html.escape(s['method'])}{mark}</td><td>{_badge(s['guarantee'])}</td>"
                     + "".join(f"<td>{_fmt(s.get(k))}" + (f" ± {_fmt(s.get(k + '_std'))}" if s.get("n_seeds", 1) > 1 else "")
                               + "</td>" for k in keys)
                     + f"<td>{_fmt(s.get('avg_gap'))}</td><td>{_fmt(s.get('unlearn_s'))}</td>"
@@ -379,6 +388,8 @@ def render_bench_html(doc: dict[str, Any]) -> str:
                                   "unlearn time ÷ oracle retrain time", "avg_gap to the oracle",
                                   "cost vs. closeness to the oracle (bottom-left is best)")
     body = (f"<h1>{html.escape(title)}</h1>"
+            + "<div class='verdict'><b>Verdict.</b> " + "<br>".join(html.escape(line) for line in
+                                                                    verdict.get("text", "").splitlines()) + "</div>"
             f"<p>{len(doc.get('seeds', []))} seed(s): {doc.get('seeds')}; task kind {kind}. Oracle = the same recipe and "
             f"seed trained on the retain set only. Rows are means ± std over seeds; the original's avg_gap is the gap "
             f"of doing nothing; time ratio = unlearn time ÷ the oracle's retrain time as recorded when it was trained "
