@@ -6,7 +6,9 @@ at the boundary with a message that says what was expected.
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -98,6 +100,45 @@ def _check(name: str, value: Any, meta: Mapping[str, Any]) -> None:
         raise ConfigError(f"{name}: expected a value <= {meta['max']}, got {value!r}")
 
 
+_deferred = contextvars.ContextVar("obliviate_config_deferred", default=False)
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def check_config(cfg: Any, prefix: str = "") -> None:
+    """Every constraint of a config dataclass instance: its Literal choices, numbers where numbers are declared,
+    the fields' metadata bounds ("min", "gt", "max", "choices"; each element of a tuple), the bound on passes and
+    steps, then the class's own ``validate()``. Raises :class:`ConfigError` naming the field."""
+    cls = type(cfg)
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls, include_extras=False)
+    for f in dataclasses.fields(cfg):
+        name, value, tp = f"{prefix}{f.name}", getattr(cfg, f.name), hints.get(f.name)
+        if typing.get_origin(tp) is typing.Literal and value not in typing.get_args(tp):
+            raise ConfigError(f"{name}: expected one of {', '.join(map(str, typing.get_args(tp)))}, got {value!r}")
+        if tp in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"{name}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
+        if tp is int and isinstance(value, float):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        if tp is float and isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+        if tp is bool and not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        _check(name, value, f.metadata)
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+
+
+class Validated:
+    """Mixin of config dataclasses (scikit-learn style): the constraints are checked when an instance is made, from
+    Python (``FinetuneConfig(lr=-1.0)`` raises) as from ``--set`` strings (:func:`build_config`)."""
+
+    def __post_init__(self) -> None:
+        if not _deferred.get():  # build_config checks after construction, with the key's prefix in messages
+            check_config(self)
+
+
 def build_config(cls: type, values: Mapping[str, Any] | None = None, *, prefix: str = "") -> Any:
     """Instantiate dataclass ``cls`` from ``values`` (strings or typed), rejecting unknown keys."""
     values = dict(values or {})
@@ -110,15 +151,14 @@ def build_config(cls: type, values: Mapping[str, Any] | None = None, *, prefix: 
     kwargs = {}
     for key, raw in values.items():
         kwargs[key] = _coerce(f"{prefix}{key}", raw, hints[key])
+    token = _deferred.set(True)
     try:
         cfg = cls(**kwargs)
     except TypeError as exc:  # a required field without a value
         raise ConfigError(f"{prefix or 'config'}: {exc}") from None
-    for key, f in fields.items():
-        _check(f"{prefix}{key}", getattr(cfg, key), f.metadata)
-    validate = getattr(cfg, "validate", None)
-    if callable(validate):
-        validate()
+    finally:
+        _deferred.reset(token)
+    check_config(cfg, prefix)
     return cfg
 
 

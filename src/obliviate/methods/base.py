@@ -12,14 +12,17 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from obliviate.config import Validated
+
 Guarantee = Literal["exact", "certified", "approximate", "suppression"]
 GUARANTEES = ("exact", "certified", "approximate", "suppression")
 NEEDS = ("retain", "labels", "original")
 
 
 @dataclass
-class MethodConfig:
-    """Base of every method config; fields hold the paper's defaults and are overridable by ``--set``."""
+class MethodConfig(Validated):
+    """Base of every method config; fields hold the paper's defaults and are overridable by ``--set``. Values are
+    checked when the config is made (:class:`obliviate.config.Validated`)."""
 
 
 @dataclass

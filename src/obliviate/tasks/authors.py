@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 
+from obliviate.config import Validated
 from obliviate.tasks import register_task
 from obliviate.tasks.text import QA, QA_PROMPT, LanguageTask, TextData, TextRecord
 
@@ -60,7 +61,7 @@ N_PERTURBED = 3
 
 
 @dataclass
-class AuthorsOptions:
+class AuthorsOptions(Validated):
     authors: int = field(default=100, metadata={"help": "number of training authors (the forget set is chosen "
                                                         "among them)", "min": 4})
     holdout: int = field(default=20, metadata={"help": "authors never trained on (PrivLeak non-members)", "min": 2})

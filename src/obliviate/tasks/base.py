@@ -9,13 +9,13 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from obliviate.config import build_config
+from obliviate.config import Validated, build_config
 
 TaskKind = Literal["classification", "regression", "language"]
 
 
 @dataclass
-class TrainRecipe:
+class TrainRecipe(Validated):
     """The training recipe shared by the original model, the retrain oracle and ``retrain``.
 
     Overridable with ``--set train.<field>=value``; any change gives a different cache key.

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from obliviate.config import Validated
 from obliviate.errors import ConfigError, IntegrityError, ObliviateError
 from obliviate.tasks import register_task
 from obliviate.tasks.files import field_str
@@ -52,7 +53,7 @@ _META_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
 
 
 @dataclass
-class LoadOptions:
+class LoadOptions(Validated):
     """How a given model is loaded and scored: the options every task on a given model directory shares."""
 
     eval_batch_size: int = field(default=32, metadata={
