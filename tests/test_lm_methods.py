@@ -24,14 +24,24 @@ from obliviate.methods.lm_gradient import npo_loss, simnpo_loss
 
 FORGET = (0, 1)  # the authors forgotten
 LANGUAGE = [m for m in obliviate.list_methods() if "language" in m.kinds and m.guarantee == "approximate"]
-OURS = {"gradient_ascent", "grad_diff", "npo", "simnpo", "rmu", "task_vector", "ga_gdr", "ga_klr", "npo_gdr", "npo_klr"}
+OURS = {"gradient_ascent", "grad_diff", "npo", "simnpo", "rmu", "task_vector", "ga_gdr", "ga_klr", "npo_gdr", "npo_klr",
+        "npo_muse", "ga_klr_muse", "npo_klr_muse", "whp"}
 
 # 5 epochs of 2 steps (16 forget sequences, batch 8) at lr 3e-3: every method clearly forgets in < 1 s, and plain
 # GA / NPO have already wrecked the retain authors (retain NLL ~0.01 -> >10) while the GDR/KLR variants have not.
 FAST = {"lr": 3e-3, "epochs": 5, "batch_size": 8}
 # RMU: α = 100 pins the retain activations so hard that one trainable c_proj cannot separate the (same-template)
 # forget biographies from the retain ones in 40 steps; α = 1 does.
-SETTINGS = {"rmu": {"lr": 5e-3, "alpha": 1.0, "max_num_batches": 40}}
+SETTINGS = {"rmu": {"lr": 5e-3, "alpha": 1.0, "max_num_batches": 40},
+            # satimp: weight sg(p)^5·(1−sg(p)) ≈ 0 on tokens the original predicts at p ≈ 0.99, and γ = 0.1:
+            # lr 3e-3 moves its forget NLL by 0.08; pdu: retain_loss_eps is required (no default)
+            "satimp": {**FAST, "lr": 1e-2}, "pdu": {**FAST, "retain_loss_eps": 0.05},
+            # MUSE's KLR sums exp(raw retain logits) (~7e6 per position here): at α = 1 it alone sets the clipped
+            # update and the forget NLL only reaches 0.17; α = 1e-7 puts both terms on one scale. whp: MUSE's
+            # reinforcement (lr 1e-5) barely moves a model that memorised the forget set, and at α = 1 only 5 of
+            # 208 generic labels differ from the text; α = 10 changes 144
+            "ga_klr_muse": {**FAST, "alpha": 1e-7}, "npo_klr_muse": {**FAST, "alpha": 1e-7},
+            "whp": {**FAST, "reinforce_lr": 3e-3, "reinforce_epochs": 5, "alpha": 10.0}}
 
 
 def _settings(name: str, **extra) -> dict:
@@ -100,8 +110,9 @@ def test_needs_and_official_defaults():
     get = lambda name: obliviate.get_method(name, "language")  # noqa: E731
     assert get("gradient_ascent").needs == frozenset() and get("task_vector").needs == frozenset()
     assert get("grad_diff").needs == get("ga_gdr").needs == get("simnpo").needs == frozenset({"retain"})
-    for name in ("npo", "npo_gdr", "npo_klr", "ga_klr", "rmu"):
+    for name in ("npo", "npo_gdr", "npo_klr", "ga_klr", "rmu", "npo_muse", "npo_klr_muse", "ga_klr_muse"):
         assert get(name).needs == frozenset({"original", "retain"}), name
+    assert get("whp").needs == frozenset({"original"})
     base = LMOptimConfig()
     assert (base.lr, base.epochs, base.batch_size, base.optimizer, base.weight_decay, base.lora_r) == \
         (1e-5, 10, 32, "adamw", 0.0, 0)
@@ -113,6 +124,10 @@ def test_needs_and_official_defaults():
     r = cfg["rmu"]
     assert (r.steering_coeff, r.alpha, r.lr, r.batch_size, r.max_num_batches, r.layer) == (20.0, 100.0, 5e-5, 4, 80, None)
     assert cfg["task_vector"].alpha == 5.0 and cfg["task_vector"].lr == 1e-5 and cfg["task_vector"].epochs == 10
+    assert [(cfg[n].retain_loss, cfg[n].beta, cfg[n].positions) for n in ("npo_muse", "npo_klr_muse")] == \
+        [("none", 0.1, "all"), ("klr", 0.1, "all")]
+    assert (cfg["ga_klr_muse"].gamma, cfg["ga_klr_muse"].alpha, cfg["whp"].alpha) == (1.0, 1.0, 1.0)
+    assert cfg["task_vector"].lr_schedule == "cosine" and base.lr_schedule == "constant"
     for name in OURS:  # every field documented, defaults pass their own checks
         assert build_config(get(name).config_class, {}) == cfg[name]
 
@@ -347,7 +362,8 @@ def test_rmu_params_regex_and_layer_are_honoured(tiny_lm):
 
 # -- LoRA ----------------------------------------------------------------------------------------------------------
 
-LORA = {"gradient_ascent": {"lr": 1e-2}, "npo": {"lr": 1e-2}, "task_vector": {"lr": 1e-2, "epochs": 2},
+# task_vector: its fine-tune decays the lr (MUSE cosine), so lr 2e-2 where a constant 1e-2 was enough
+LORA = {"gradient_ascent": {"lr": 1e-2}, "npo": {"lr": 1e-2}, "task_vector": {"lr": 2e-2, "epochs": 2},
         "rmu": {"lr": 3e-2, "max_num_batches": 80, "steering_coeff": 40.0}}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import sys
 import warnings
@@ -79,13 +80,24 @@ class LMRunFields(LoRAFields):
                 "fsdp when accelerate was launched with an FSDP config (ACCELERATE_USE_FSDP), else replicate"})
 
 
+#: The NPO authors' optimiser recipe (licong-lin/negative-preference-optimization ``config/forget.yaml`` and
+#: ``TOFU/forget.py``, kept by SimNPO's OPTML-Group/Unlearn-Simple ``TOFU/config/forget.yaml``): weight decay 0.01,
+#: ``warmup_steps: steps_per_epoch`` (one epoch of linear warm-up), then the Hugging Face ``Trainer``'s default
+#: ``lr_scheduler_type="linear"`` decay to 0 at the last step. ``--set weight_decay=0.01 --set lr_schedule=linear
+#: --set warmup_epochs=1`` applies it to any language method.
+NPO_REPO_RECIPE = {"weight_decay": 0.01, "lr_schedule": "linear", "warmup_epochs": 1.0}
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
 @dataclass
 class LMOptimConfig(LMRunFields):
     """Optimiser fields of the gradient-based language methods. Defaults: the OpenUnlearning reproduction
     (locuslab/open-unlearning ``docs/repro.md``: lr 1e-5, 10 epochs, effective batch 32, AdamW), which MUSE
-    shares (swj0419/muse_bench ``baselines/baselines/iterative.py``: AdamW, constant lr 1e-5, 10 epochs,
-    4 × 8 GPUs). Weight decay 0 and gradient clipping at norm 1 are the Hugging Face ``Trainer`` defaults
-    both use; the learning rate is constant (MUSE)."""
+    shares (swj0419/muse_bench ``baselines/baselines/iterative.py``: AdamW, ``lr_scheduler_type="constant"``,
+    lr 1e-5, 10 epochs, 4 × 8 GPUs). Weight decay 0 and gradient clipping at norm 1 are the Hugging Face
+    ``Trainer`` defaults both use; the learning rate is constant with no warm-up (MUSE). The schedules are the
+    ``Trainer``'s (:func:`lr_factor`); :data:`NPO_REPO_RECIPE` is the NPO repository's warm-up + linear decay."""
 
     lr: float = field(default=1e-5, metadata={"help": "learning rate", "gt": 0})
     epochs: int = field(default=10, metadata={"help": "passes over the forget set", "min": 1})
@@ -96,6 +108,37 @@ class LMOptimConfig(LMRunFields):
     weight_decay: float = field(default=0.0, metadata={"help": "weight decay", "min": 0})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 disables", "min": 0})
     max_steps: int = field(default=0, metadata={"help": "stop after this many steps; 0 = no cap", "min": 0})
+    lr_schedule: Literal["constant", "linear", "cosine"] = field(default="constant", metadata={
+        "help": "learning rate after the warm-up: constant (MUSE, OpenUnlearning), linear or cosine decay to 0 at "
+                "the last step (Hugging Face Trainer schedules; linear + warmup_epochs=1 + weight_decay=0.01 is "
+                "the NPO repository's recipe)"})
+    warmup_steps: int = field(default=0, metadata={
+        "help": "optimiser steps of linear warm-up from 0 (Trainer convention: the first step's lr is 0)", "min": 0})
+    warmup_epochs: float = field(default=0.0, metadata={
+        "help": "warm-up as a number of epochs (rounded to steps; NPO repository: 1); not with warmup_steps",
+        "min": 0})
+
+    def validate(self) -> None:
+        if self.warmup_steps and self.warmup_epochs:
+            raise ConfigError("warmup_steps and warmup_epochs: set one of them, not both")
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """The learning-rate multiplier at optimiser step ``step`` (0-based) of ``total``: Hugging Face
+    ``transformers.optimization`` ``get_{constant,linear,cosine}_schedule_with_warmup`` (cosine with half a
+    cycle), so a ``Trainer`` recipe gives the same lr sequence: step/warmup while warming up, then 1, the linear
+    (total − step)/(total − warmup), or ½(1 + cos(π·progress)). Past ``total`` (which the ``Trainer`` never
+    reaches) both decays stay at 0 rather than the cosine rising again."""
+    if step < warmup:
+        return step / max(1, warmup)
+    if kind == "constant":
+        return 1.0
+    if kind == "linear":
+        return max(0.0, (total - step) / max(1, total - warmup))
+    if kind == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    raise ConfigError(f"lr_schedule: expected {', '.join(LR_SCHEDULES)}, got {kind!r}")
 
 
 # -- the model's layout ----------------------------------------------------------------------------------------
@@ -318,10 +361,38 @@ class LMRun:
             self._stash = [(p, p.detach().clone()) for p in self.params]
             self.ref_kind = "starting weights swapped in"
         self.opt = optimizer(self.model, cfg)
+        self.total_steps = self._planned_steps(getattr(cfg, "epochs", 1))
+        self.scheduler = self._scheduler()
         if self.device.type == "cuda":  # the report's peak is this training run's, not the evaluation's before it
             torch.cuda.reset_peak_memory_stats(self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16-mixed" else None
         self.steps = self.skipped = 0
+
+    # -- learning-rate schedule ----------------------------------------------------------------------------------
+    def _planned_steps(self, epochs: int) -> int:
+        """Optimiser steps :meth:`batches` yields over ``epochs`` passes (``max_steps`` caps it)."""
+        per_epoch = -(-len(self.forget) // max(1, getattr(self.cfg, "batch_size", 1)))
+        cap = getattr(self.cfg, "max_steps", 0)
+        return min(epochs * per_epoch, cap) if cap else epochs * per_epoch
+
+    def _scheduler(self):
+        """A ``LambdaLR`` stepped once per optimiser step, or None for a constant lr without warm-up (the
+        default: the optimiser is then exactly what it was before schedules existed)."""
+        cfg = self.cfg
+        kind = getattr(cfg, "lr_schedule", "constant")
+        per_epoch = -(-len(self.forget) // max(1, getattr(cfg, "batch_size", 1)))
+        self.warmup_steps = (getattr(cfg, "warmup_steps", 0)
+                             or int(round(getattr(cfg, "warmup_epochs", 0.0) * per_epoch)))
+        if kind == "constant" and self.warmup_steps == 0:
+            return None
+        lr_factor(0, 1, 0, kind)  # an unknown kind fails here, not at the first step
+        # total_steps is read at every step: batches(epochs=...) may re-plan it before the first one
+        return torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda step: lr_factor(step, self.total_steps, self.warmup_steps, kind))
+
+    def lr(self) -> float:
+        """The learning rate the next optimiser step uses."""
+        return float(self.opt.param_groups[0]["lr"])
 
     # -- data ---------------------------------------------------------------------------------------------------
     def batches(self, gen: torch.Generator | None = None, epochs: int | None = None):
@@ -332,6 +403,8 @@ class LMRun:
         global batches."""
         cfg = self.cfg
         gen = gen if gen is not None else self.ctx.generator()
+        if epochs is not None and self.steps == 0:  # the schedule's horizon is these passes
+            self.total_steps = self._planned_steps(epochs)
         cap, done = getattr(cfg, "max_steps", 0), 0
         for _ in range(cfg.epochs if epochs is None else epochs):
             order = torch.randperm(len(self.forget), generator=gen).tolist()
@@ -449,6 +522,8 @@ class LMRun:
             self.skipped += self.scaler.get_scale() < scale
         else:
             self.opt.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         self.opt.zero_grad(set_to_none=True)
         self.steps += 1
 
@@ -479,6 +554,9 @@ class LMRun:
                      ["precomputed NLLs"] * (self.ref_nll is not None) + [self.ref_kind] * (self.ref_kind != "none"))
                  or "none", "steps": self.steps,
                  "trainable_parameters": int(sum(p.numel() for p in self.params))}
+        if self.scheduler is not None:
+            block["lr_schedule"] = {"kind": getattr(cfg, "lr_schedule", "constant"), "warmup_steps": self.warmup_steps,
+                                    "total_steps": self.total_steps}
         if self.scaler is not None:
             block["skipped_steps"] = int(self.skipped)  # fp16 overflow: the gradient scaler skipped the update
         if self.device.type == "cuda":
@@ -525,4 +603,4 @@ def retain_term(kind: str, run: LMRun, batch: Batch | None) -> torch.Tensor | fl
 
 
 __all__ = ["LoRAFields", "LMRunFields", "transformer_blocks", "clone_to", "shard", "LMOptimConfig", "PRECISIONS", "LMRun", "wrap_lora", "unwrap",
-           "optimizer", "kl_to_reference", "retain_term"]
+           "optimizer", "kl_to_reference", "retain_term", "lr_factor", "LR_SCHEDULES", "NPO_REPO_RECIPE"]

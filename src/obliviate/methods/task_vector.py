@@ -8,6 +8,7 @@ the subtraction, so τ is then low-rank on the adapted modules and zero elsewher
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -21,9 +22,14 @@ from obliviate.methods.base import Method
 class TaskVectorConfig(LMOptimConfig):
     """MUSE ``--algo tv`` (swj0419/muse_bench ``baselines/baselines/task_vector.py``, ``scripts/unlearn_news.sh``):
     the reinforced model is fine-tuned 10 epochs at lr 1e-5 (AdamW, batch 32: :class:`LMOptimConfig`), α = 5.
-    θ_o is kept in fp32 on ``ref_device`` (default: the training device; ``cpu`` keeps it in host memory)."""
+    The fine-tune's learning rate follows a cosine decay to 0 without warm-up: MUSE's ``baselines/finetune.py``
+    (which ``unlearn.py --algo tv`` calls) sets ``lr_scheduler_type='cosine'`` and leaves the ``Trainer``'s
+    warm-up at 0 — unlike its unlearning runs, which are constant. θ_o is kept in fp32 on ``ref_device``
+    (default: the training device; ``cpu`` keeps it in host memory)."""
 
     alpha: float = field(default=5.0, metadata={"help": "scale α of the subtracted task vector", "min": 0})
+    lr_schedule: Literal["constant", "linear", "cosine"] = field(default="cosine", metadata={
+        "help": "learning rate of the fine-tune: cosine decay to 0 (MUSE's finetune.py), constant or linear"})
 
 
 def fine_tune(ctx, cfg: LMOptimConfig):
