@@ -278,3 +278,17 @@ def test_bad_sizes_and_tasks_are_one_line_errors(world, cli, monkeypatch):
     monkeypatch.delenv("OBLIVIATE_DEVICE_MEMORY")
     rc, _, err = cli("plan", "--task", "authors", "--method", "npo")
     assert rc == 2 and "given model directory" in err
+
+
+@pytest.mark.parametrize("name,expect", [
+    ("undial", {"reference": "model", "kl": True}), ("npo_klr_muse", {"reference": "model", "retain": True}),
+    ("dpo", {"reference": "nll", "retain": True}), ("ce_u", {"reference": "none", "retain": False}),
+    ("whp", {"theta_o": True}), ("wga", {"retain": True, "reference": "none"})])
+def test_the_new_language_methods_have_their_memory_profile(name, expect):
+    """Each method's estimate counts what its LMRun holds (a reference model for full-logit targets, the win
+    batch of DPO, WHP's reinforced copy)."""
+    from obliviate import get_method
+    from obliviate.memory import _profile
+
+    profile = _profile(name, get_method(name, "language").config_class())
+    assert {k: getattr(profile, k) for k in expect} == expect

@@ -152,6 +152,14 @@ def _profile(name: str, cfg) -> _Profile:
         return _Profile(retain=True, reference="model" if kl else "none", kl=kl)
     if name in ("npo", "npo_gdr", "npo_klr"):
         return _Profile(retain=has_retain, reference="nll+model" if kl else "nll", kl=kl)
+    if name in ("dpo", "idk_dpo", "altpo"):  # the win batch beside the lose one: counted like a retain batch
+        return _Profile(retain=True, reference="nll+model" if kl else "nll", kl=kl)
+    if name in ("undial", "npo_muse", "ga_klr_muse", "npo_klr_muse"):  # full reference logits at every step
+        return _Profile(retain=has_retain or kind == "klr", reference="model", kl=True)
+    if name == "ce_u":
+        return _Profile()
+    if name == "whp":  # the reinforced copy trains while the original is kept: one more weights copy
+        return _Profile(theta_o=True)
     # simnpo, and any other LMRun method: a retain term when it has one, the reference only for KL
     return _Profile(retain=has_retain, reference="model" if kl else "none", kl=kl)
 
