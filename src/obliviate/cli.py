@@ -40,7 +40,8 @@ ScalOpt = typer.Option(None, "--scal", help="MUSE scalability: comma-separated m
 SustOpt = typer.Option(None, "--sust", help="MUSE sustainability: N sequential requests of disjoint folds of the "
                                             "forget set's size, each applied to the previous model")
 SetOpt = typer.Option(None, "--set", help="key=value: task option, train.<recipe key>, or method config "
-                                          "(method.key=value targets one method in bench)")
+                                          "(method.key=value targets one method in bench); @file.json: the "
+                                          "pairs of a JSON object or of an `obliviate tune --out` result")
 
 
 def _quiet(quiet: bool) -> None:
@@ -263,6 +264,88 @@ def bench(task: str = typer.Option(..., "--task", help="task name"),
     _quiet(quiet)
     _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cache_dir, no_cache, quiet,
            executor, ray_address, challenge, relearn, scal, sust)
+
+
+def _parse_seeds(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ObliviateError(f"{flag} takes comma-separated integers, e.g. 1,2,3; got {text!r}") from None
+    if not values:
+        raise ObliviateError(f"{flag} takes comma-separated integers, e.g. 1,2,3; got {text!r}")
+    return values
+
+
+def _print_tune(doc: dict[str, Any]) -> None:
+    t = Table(title=f"tune {doc['method']} on {doc['task']} · forget {doc['forget']} · validation seed "
+                    f"{doc['validation_seed']} · budget {doc['budget']:g}× retrain")
+    for col in ("trial", *doc["space"], "avg_gap", "÷ oracle", "in budget"):
+        t.add_column(col, justify="right")
+    for r in doc["trials"]:
+        t.add_row(str(r["number"]), *(_fmt(r["params"][k]) for k in doc["space"]), _fmt(r["avg_gap"]),
+                  _fmt(r["time_ratio"]), "yes" if r["within_budget"] else "no")
+    out.print(t)
+    best = doc["best"]
+    out.print("best: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in best["params"].items())
+              + f" (trial {best['number']}, validation avg_gap {best['avg_gap']:.4f})")
+    s = Table(title=f"test seeds {doc['test_seeds']}: avg_gap mean ± std")
+    for col in ("model", "avg_gap", "÷ oracle"):
+        s.add_column(col, justify="left" if col == "model" else "right")
+    test = doc["test"]
+    s.add_row("original (do nothing)", f"{test['noop']['avg_gap_mean']:.4f} ± {test['noop']['avg_gap_std']:.4f}", "0")
+    for name in ("defaults", "tuned"):
+        row = test[name]
+        s.add_row(f"{doc['method']} {name}", f"{row['avg_gap_mean']:.4f} ± {row['avg_gap_std']:.4f}",
+                  _fmt(row["time_ratio_mean"]))
+    out.print(s)
+
+
+@app.command("tune")
+def tune_cmd(task: str = typer.Option(..., "--task", help="task name (see `obliviate tasks`)"),
+             method: str = typer.Option(..., "--method", help="a method with declared tune ranges"),
+             forget: Optional[str] = typer.Option(None, "--forget", help="forget spec (default: the task's)"),
+             trials: int = typer.Option(20, "--trials", help="Optuna trials on the validation seed"),
+             budget: float = typer.Option(0.1, "--budget", help="most unlearn time / oracle retrain time; a trial "
+                                                                 "over it is penalised (+1) and never best"),
+             seed: int = typer.Option(0, "--seed", help="validation seed (and the TPE sampler's seed)"),
+             test_seeds: str = typer.Option("1,2,3", "--test-seeds", help="seeds the best parameters are reported "
+                                                                          "on (mean ± std)"),
+             out_path: Optional[str] = typer.Option(None, "--out", help="write the obliviate.tune/1 result here; "
+                                                    "reuse it with --set @FILE"),
+             device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
+             set_: Optional[List[str]] = typer.Option(None, "--set", help="key=value held fixed during the search "
+                                                      "(task option, train.<key>, method key) or @file.json"),
+             cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="model cache directory"),
+             no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the model cache"),
+             quiet: bool = typer.Option(False, "--quiet", help="no progress or tables")) -> None:
+    """Search a method's declared hyperparameter ranges (Optuna TPE) for the smallest avg_gap to the oracle
+    within a time budget on a validation seed; report the best on unseen test seeds."""
+    from obliviate.tune import tune
+
+    _quiet(quiet)
+    check_output_path(out_path, "--out")
+    seeds = _parse_seeds(test_seeds, "--test-seeds")
+    progress = None if quiet else (lambda r: err.print(
+        f"  trial {r['number']:>3}  avg_gap {_fmt(r['avg_gap'])}  ÷ oracle {_fmt(r['time_ratio'])}"
+        + ("" if r["within_budget"] else "  over budget")))
+    doc = tune(task, method, forget, trials=trials, budget=budget, seed=seed, test_seeds=seeds,
+               overrides=split_overrides(set_ or []), device=device, cache_dir=cache_dir, use_cache=not no_cache,
+               on_trial=progress)
+    if doc["best"] is None:
+        ratios = [r["time_ratio"] for r in doc["trials"] if r["time_ratio"] is not None]
+        failed = [r for r in doc["trials"] if "error" in r]
+        if len(failed) == len(doc["trials"]):
+            raise ObliviateError(f"every trial of {method} failed; the first: {failed[0]['error']}")
+        raise ObliviateError(f"no trial of {method} fit the budget {budget:g}× retrain time (fastest: "
+                             f"{min(ratios):.3g}×); raise --budget or narrow the ranges with --set"
+                             if ratios else f"no trial of {method} fit the budget {budget:g}")
+    if out_path:
+        write_json(doc, out_path)
+    if not quiet:
+        _print_tune(doc)
+        if out_path:
+            out.print(f"wrote {out_path}; reuse with --set @{out_path}")
 
 
 @app.command()

@@ -33,11 +33,11 @@ class BadTeacherConfig(OptimConfig):
     ``kl_div`` default reduction ``mean``); Adam without weight decay as in ``torch.optim.Adam(lr=...)``."""
 
     optimizer: Literal["sgd", "adam"] = field(default="adam", metadata={"help": "sgd or adam (official: adam)"})
-    lr: float = field(default=1e-4, metadata={"help": "learning rate", "gt": 0})
-    epochs: int = field(default=1, metadata={"help": "passes over forget ∪ retain subset", "min": 1})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate", "gt": 0, "tune": (1e-5, 1e-2, "log")})
+    epochs: int = field(default=1, metadata={"help": "passes over forget ∪ retain subset", "min": 1, "tune": (1, 10)})
     weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay", "min": 0})
     temperature: float = field(default=1.0, metadata={"help": "distillation temperature T (KL_temperature)",
-                                                      "gt": 0})
+                                                      "gt": 0, "tune": (0.5, 4.0)})
     retain_fraction: float = field(default=0.3, metadata={
         "help": "fraction of the retain set distilled from the competent teacher", "min": 0, "max": 1})
     reduction: Literal["mean", "batchmean"] = field(default="mean", metadata={

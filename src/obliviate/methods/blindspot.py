@@ -60,13 +60,14 @@ class BlindspotConfig(OptimConfig):
     blindspot_epochs=2``."""
 
     optimizer: Literal["sgd", "adam"] = field(default="adam", metadata={"help": "sgd or adam (official: adam)"})
-    lr: float = field(default=1e-3, metadata={"help": "learning rate of the unlearning fine-tune", "gt": 0})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate of the unlearning fine-tune", "gt": 0,
+                                          "tune": (1e-4, 1e-2, "log")})
     epochs: int = field(default=5, metadata={"help": "passes over the mixed retain+forget set (AgeDB: 1)",
-                                             "min": 1})
+                                             "min": 1, "tune": (1, 10)})
     batch_size: int = field(default=256, metadata={"help": "mixed mini-batch size", "min": 1})
     weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay (official: none)", "min": 0})
     beta: float = field(default=50.0, metadata={"help": "weight of the attention-transfer terms (AT_beta)",
-                                                "min": 0})
+                                                "min": 0, "tune": (0.0, 100.0)})
     blindspot_epochs: int = field(default=10, metadata={
         "help": "epochs of blindspot-model training on the retain set (AgeDB: 2)", "min": 1})
     blindspot_lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the blindspot model",

@@ -13,8 +13,8 @@ from obliviate.training import task_loss
 class FinetuneConfig(OptimConfig):
     """Defaults: SalUn / l1-sparse protocol (OPTML-Group/Unlearn-Sparse ``FT.py``): SGD lr 0.01, 10 epochs."""
 
-    lr: float = field(default=0.01, metadata={"help": "learning rate", "gt": 0})
-    epochs: int = field(default=10, metadata={"help": "passes over the retain set", "min": 1})
+    lr: float = field(default=0.01, metadata={"help": "learning rate", "gt": 0, "tune": (1e-4, 1e-1, "log")})
+    epochs: int = field(default=10, metadata={"help": "passes over the retain set", "min": 1, "tune": (1, 20)})
 
 
 @register

@@ -39,7 +39,8 @@ class FisherConfig(MethodConfig):
     default is 3e-6). Unlearn-Saliency's argparse default 0.2 is a shared "unlearn noise" knob meant to be
     swept (its README: "tune alpha") and belongs with its ``batch_mean`` estimator; set it explicitly."""
 
-    alpha: float = field(default=1e-6, metadata={"help": "noise scale α: var = α / Fisher (clamped)", "gt": 0})
+    alpha: float = field(default=1e-6, metadata={"help": "noise scale α: var = α / Fisher (clamped)", "gt": 0,
+                                             "tune": (1e-8, 1e-4, "log")})
     estimator: Literal["per_example", "batch_mean"] = field(
         default="per_example", metadata={"help": "per_example (Golatkar) or batch_mean (Unlearn-Saliency fisher_new)"})
     batch_size: int = field(default=32, metadata={

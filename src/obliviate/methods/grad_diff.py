@@ -14,10 +14,11 @@ class GradDiffConfig(OptimConfig):
     """γ = α = 1 as in OpenUnlearning ``GradDiff.yaml``; anchored on forget batches, each paired with a random
     retain batch of the same size. The classifier optimiser defaults follow GA (SGD, lr 1e-4, 5 epochs)."""
 
-    gamma: float = field(default=1.0, metadata={"help": "weight of the forget (ascent) term", "min": 0})
+    gamma: float = field(default=1.0, metadata={"help": "weight of the forget (ascent) term", "min": 0,
+                                            "tune": (0.1, 10.0, "log")})
     alpha: float = field(default=1.0, metadata={"help": "weight of the retain (descent) term", "min": 0})
-    lr: float = field(default=1e-4, metadata={"help": "learning rate", "gt": 0})
-    epochs: int = field(default=5, metadata={"help": "passes over the forget set", "min": 1})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate", "gt": 0, "tune": (1e-5, 1e-1, "log")})
+    epochs: int = field(default=5, metadata={"help": "passes over the forget set", "min": 1, "tune": (1, 20)})
 
 
 @register

@@ -16,8 +16,8 @@ class GradientAscentConfig(OptimConfig):
     The objective is unbounded: too many steps collapse the model. Tune ``lr``/``epochs`` per task.
     """
 
-    lr: float = field(default=1e-4, metadata={"help": "learning rate", "gt": 0})
-    epochs: int = field(default=5, metadata={"help": "passes over the forget set", "min": 1})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate", "gt": 0, "tune": (1e-5, 1e-1, "log")})
+    epochs: int = field(default=5, metadata={"help": "passes over the forget set", "min": 1, "tune": (1, 20)})
 
 
 @register

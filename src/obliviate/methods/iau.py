@@ -43,7 +43,7 @@ class IAUConfig(MethodConfig):
         default="sgd", metadata={"help": "sgd: the paper's θ − η·(∇L̄_r − ∇L̄_f); adam_1step: the official code "
                                          "(one Adam step, ≈ −lr·sign(g))"})
     eta: float = field(default=0.1, metadata={"help": "step size η of the sgd rule (obliviate's choice; sweep it)",
-                                              "gt": 0})
+                                              "gt": 0, "tune": (1e-3, 10.0, "log")})
     adam_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of adam_1step (official 1e-3)",
                                                      "gt": 0})
     adam_eps: float = field(default=1e-8, metadata={"help": "Adam ε of adam_1step (torch default)", "gt": 0})

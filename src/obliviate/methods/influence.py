@@ -74,9 +74,10 @@ class InfluenceConfig(MethodConfig):
     params: Literal["last", "all"] = field(
         default="last", metadata={"help": "last: only the last layer's parameters (convex for CE/MSE); all: every "
                                           "parameter (non-convex: needs more damping)"})
-    damping: float = field(default=0.01, metadata={"help": "damping λ added to the Hessian (H + λI)", "min": 0})
+    damping: float = field(default=0.01, metadata={"help": "damping λ added to the Hessian (H + λI)", "min": 0,
+                                               "tune": (1e-4, 1.0, "log")})
     alpha: float = field(default=1.0, metadata={"help": "multiplier of the Newton step (1 = the influence estimate)",
-                                                "gt": 0})
+                                                "gt": 0, "tune": (0.1, 2.0)})
     iterations: int = field(default=100, metadata={"help": "cg: maximum iterations", "min": 1})
     tolerance: float = field(default=1e-5, metadata={"help": "cg: relative residual to reach; lissa: relative "
                                                              "change that stops the recursion early", "gt": 0})

@@ -30,10 +30,10 @@ class L1SparseConfig(OptimConfig):
     with exactly these settings (``--unlearn FT_prune --alpha 0.0001 --unlearn_lr 0.01 --unlearn_epochs 10``
     on CIFAR-10 and SVHN) and inside the 1e-5…1e-4 range methods.md quotes from the paper (unverified)."""
 
-    lr: float = field(default=0.01, metadata={"help": "learning rate", "gt": 0})
-    epochs: int = field(default=10, metadata={"help": "passes over the retain set", "min": 1})
+    lr: float = field(default=0.01, metadata={"help": "learning rate", "gt": 0, "tune": (1e-4, 1e-1, "log")})
+    epochs: int = field(default=10, metadata={"help": "passes over the retain set", "min": 1, "tune": (1, 20)})
     alpha: float = field(default=1e-4, metadata={"help": "initial L1 weight α (sweep it; decays linearly to 0)",
-                                                 "min": 0})
+                                                 "min": 0, "tune": (1e-6, 1e-2, "log")})
     no_l1_epochs: int = field(default=0, metadata={"help": "final epochs without the L1 term", "min": 0})
 
     def validate(self) -> None:

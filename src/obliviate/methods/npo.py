@@ -23,15 +23,16 @@ class NPOConfig(OptimConfig):
     (lr 1e-5) does not move a freshly trained MLP, and lr 1e-3 over-forgets on digits random:0.1
     (avg_gap 0.043 vs 0.008 at 5e-4, seeds 0-2; benchmarks/foundation.py)."""
 
-    beta: float = field(default=0.1, metadata={"help": "inverse temperature β of the NPO loss", "gt": 0})
+    beta: float = field(default=0.1, metadata={"help": "inverse temperature β of the NPO loss", "gt": 0,
+                                           "tune": (0.01, 1.0, "log")})
     gamma: float = field(default=1.0, metadata={"help": "weight of the NPO (forget) term", "min": 0})
     alpha: float = field(default=1.0, metadata={"help": "weight of the retain term", "min": 0})
     retain_loss: Literal["none", "nll", "kl"] = field(
         default="none", metadata={"help": "none (NPO), nll (NPO_GDR) or kl to the original (NPO_KLR)"})
     optimizer: Literal["sgd", "adam"] = field(default="adam", metadata={"help": "sgd or adam"})
-    lr: float = field(default=5e-4, metadata={"help": "learning rate", "gt": 0})
+    lr: float = field(default=5e-4, metadata={"help": "learning rate", "gt": 0, "tune": (1e-5, 1e-2, "log")})
     weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay", "min": 0})
-    epochs: int = field(default=5, metadata={"help": "passes over the forget set", "min": 1})
+    epochs: int = field(default=5, metadata={"help": "passes over the forget set", "min": 1, "tune": (1, 20)})
 
 
 def npo_loss(nll: torch.Tensor, nll_ref: torch.Tensor, beta: float) -> torch.Tensor:

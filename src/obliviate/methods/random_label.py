@@ -16,8 +16,8 @@ from obliviate.methods.base import Method
 class RandomLabelConfig(OptimConfig):
     """Defaults: Unlearn-Saliency ``arg_parser.py``: SGD lr 0.01, momentum 0.9, wd 5e-4, batch 256, 10 epochs."""
 
-    lr: float = field(default=0.01, metadata={"help": "learning rate", "gt": 0})
-    epochs: int = field(default=10, metadata={"help": "passes over forget then retain", "min": 1})
+    lr: float = field(default=0.01, metadata={"help": "learning rate", "gt": 0, "tune": (1e-4, 1e-1, "log")})
+    epochs: int = field(default=10, metadata={"help": "passes over forget then retain", "min": 1, "tune": (1, 20)})
 
 
 def random_label_epoch(model, ctx, cfg, opt, gen, after_step=None) -> None:
