@@ -281,9 +281,36 @@ def test_bench_two_seeds_three_methods(cli, tmp_path):
         assert s["forget_acc"] == pytest.approx(
             sum(r["metrics"]["unlearned"]["forget_acc"] for r in method_runs) / 2, abs=1e-12)
     _check_html(out_html.read_text(), "retrain", "finetune", "npo", "exact", "approximate")
+    # the verdict: the original / oracle reference rows are means over both seeds, like the method rows
+    ref, verdict = doc["reference"], doc["verdict"]
+    assert ref["seeds"] == [0, 1]
+    assert ref["oracle"]["forget_acc"] == pytest.approx(
+        sum(r["metrics"]["oracle"]["forget_acc"] for r in runs if r["method"] == "npo") / 2, abs=1e-12)
+    rated = [s for s in summary if s["method"] != "retrain"]
+    assert verdict["best"] == min(rated, key=lambda s: s["avg_gap"])["method"]
+    assert verdict["did_not_forget"] == [s["method"] for s in rated if s["avg_gap"] >= ref["do_nothing_avg_gap"]]
+    assert "<b>Verdict.</b>" in out_html.read_text()
+
+
+def test_bench_prints_the_verdict(cli, tmp_path):
+    rc, stdout, stderr = cli("bench", *DIGITS, "--methods", "finetune,npo", "--cache-dir", tmp_path / "c")
+    assert rc == 0, stderr
+    assert "do nothing" in stdout and "verdict:" in stdout
+    assert "best: " in stdout or "no method beat doing nothing" in stdout
 
 
 # -- listings -----------------------------------------------------------------------------------------------
+
+def test_methods_name_shows_one_methods_config(cli):
+    rc, stdout, _ = cli("methods", "npo")
+    assert rc == 0
+    assert stdout.count("npo (approximate;") == 2  # the classifier and the language implementation
+    assert "beta" in stdout and "inverse temperature" in stdout and "lora_r" in stdout
+    rc, stdout, _ = cli("methods", "scrub", "--json")
+    info = json.loads(stdout)
+    assert rc == 0 and info["name"] == "scrub" and {f["name"] for f in info["config"]} >= {"lr", "epochs"}
+    rc, _, stderr = cli("methods", "no_such_method")
+    assert rc == 2 and "unknown method 'no_such_method'" in stderr and len(stderr.strip().splitlines()) == 1
 
 def test_methods_json_lists_every_method(cli):
     rc, stdout, _ = cli("methods", "--json")

@@ -15,7 +15,8 @@ from obliviate.config import split_overrides
 from obliviate.errors import ObliviateError
 from obliviate.exact.cli_s3t import s3t_app
 from obliviate.ledger.cli import ledger_app, serve
-from obliviate.metrics.gap import HEADLINE, avg_gap, gaps
+from obliviate.metrics.gap import HEADLINE
+from obliviate.verdict import bench_verdict, reference, run_verdict
 from obliviate.report import GUARANTEE_TEXT, check_output_path, write_html, write_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -71,6 +72,9 @@ def _print_run(r: dict[str, Any]) -> None:
     times = ", ".join(f"{k} {v:.2f}s" for k, v in r["time_s"].items() if v is not None)
     out.print(f"guarantee: [bold]{GUARANTEE_TEXT[r['guarantee']]}[/bold]")
     out.print(f"avg_gap: {_fmt(r['avg_gap'])}   time: {times}")
+    verdict = run_verdict(r)
+    if verdict:
+        out.print(verdict)
     if "relearn" in r:
         rl = r["relearn"]
         sat = [role for role, v in rl["saturated"].items() if v]
@@ -101,13 +105,16 @@ def _print_bench(doc: dict[str, Any]) -> None:
     t = Table(title=f"{doc['task']} · forget {doc['forget']} · seeds {doc['seeds']}")
     for col in ["method", "guarantee", *keys, "avg_gap", "unlearn s", "÷ oracle", *extra]:
         t.add_column(col, justify="left" if col in ("method", "guarantee") else "right")
-    ref = doc["runs"][0]["metrics"]
-    noop = avg_gap(gaps(ref["original"], ref["oracle"]), doc["task_kind"])
-    for role, gap_value in (("original", noop), ("oracle", 0.0)):
-        t.add_row(f"[italic]{role}[/italic]", "", *(_fmt(ref[role].get(k)) for k in keys), _fmt(gap_value), "", "",
-                  *([""] * len(extra)))
+    ref = doc.get("reference") or reference(doc["runs"], doc["task_kind"])  # means over the bench's seeds
+    verdict = doc.get("verdict") or bench_verdict(doc, ref.get("do_nothing_avg_gap"))
+    for role, gap_value, label in (("original", ref.get("do_nothing_avg_gap"), "do nothing"),
+                                   ("oracle", 0.0, "oracle")):
+        if role in ref:
+            t.add_row(f"[italic]{label}[/italic]", "", *(_fmt(ref[role].get(k)) for k in keys), _fmt(gap_value), "",
+                      "", *([""] * len(extra)))
+    flagged = set(verdict.get("did_not_forget", []))
     for s in doc["summary"]:
-        t.add_row(s["method"], s["guarantee"], *(_fmt(s.get(k)) for k in keys), _fmt(s.get("avg_gap")),
+        t.add_row(s["method"] + (" [dim](did not forget)[/dim]" if s["method"] in flagged else ""), s["guarantee"], *(_fmt(s.get(k)) for k in keys), _fmt(s.get("avg_gap")),
                   _fmt(s.get("unlearn_s")), _fmt(s.get("time_ratio")),
                   *((_fmt(s.get("challenge_forgetting_quality")), _fmt(s.get("challenge_score"))) if challenge else ()))
     out.print(t)
@@ -115,6 +122,7 @@ def _print_bench(doc: dict[str, Any]) -> None:
         n = next(s["challenge_n"] for s in doc["summary"] if "challenge_n" in s)
         out.print(f"challenge: NeurIPS 2023 unlearning challenge metric over {n} unlearned and {n} retrained models "
                   "per method; F = forgetting quality, score = F × (RA_U/RA_R) × (TA_U/TA_R)")
+    out.print("[bold]verdict[/bold]: " + verdict["text"].replace("\n", "\n  "))
 
 
 @app.command()
@@ -532,10 +540,28 @@ def _print_plan(doc: dict[str, Any]) -> None:
 
 
 @app.command("methods")
-def methods_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable listing")) -> None:
-    """List every registered method: name, guarantee, needs, task kinds."""
-    from obliviate.methods import list_methods
+def methods_cmd(name: Optional[str] = typer.Argument(None, help="one method: its config, defaults and source"),
+                as_json: bool = typer.Option(False, "--json", help="machine-readable listing")) -> None:
+    """List every registered method (name, guarantee, needs, task kinds), or show one method's config."""
+    from obliviate.methods import get_method, list_methods
 
+    if name is not None:
+        get_method(name)  # an unknown name: one line listing the available ones
+        infos = [m.info() for m in list_methods() if m.name == name]
+        if as_json:
+            print(json.dumps(infos if len(infos) > 1 else infos[0], indent=2, default=str))
+            return
+        for i in infos:
+            out.print(f"[bold]{i['name']}[/bold] ({i['guarantee']}; {', '.join(i['kinds'])} tasks; needs "
+                      f"{', '.join(i['needs']) or 'nothing'}): {i['summary']}")
+            out.print(f"source: {i['reference']}")
+            t = Table(show_header=True)
+            for col in ("key", "default", "help"):
+                t.add_column(col, overflow="fold")
+            for f in i["config"]:
+                t.add_row(f["name"], _fmt_default(f["default"]), f["help"])
+            out.print(t)
+        return
     infos = [m.info() for m in list_methods()]
     if as_json:
         print(json.dumps(infos, indent=2, default=str))
@@ -546,6 +572,12 @@ def methods_cmd(as_json: bool = typer.Option(False, "--json", help="machine-read
     for i in infos:
         t.add_row(i["name"], i["guarantee"], ",".join(i["needs"]) or "–", ",".join(i["kinds"]), i["summary"])
     out.print(t)
+
+
+def _fmt_default(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) or "–"
+    return "–" if value is None or value == "" else str(value)
 
 
 @app.command("tasks")
