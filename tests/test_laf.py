@@ -29,7 +29,7 @@ import obliviate
 from obliviate.config import build_config
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.methods.base import UnlearnContext
-from obliviate.methods.laf import (LAF, LAFR, LAFConfig, LAFRConfig, RepresentationVAE, cosine_distance,
+from obliviate.methods.laf import (LAF, LAFR, LAFConfig, LAFRConfig, RepresentationVAE, _pairs, cosine_distance,
                                    ra_loss, reconstruction_potential, split_model, train_vae, ue_loss, vae_loss)
 from obliviate.models.nets import MLP, SmallCNN, TabularNet
 
@@ -292,6 +292,20 @@ def test_official_defaults():
     assert (cfg.batch_size, cfg.epoch_steps, cfg.s_vae_data, cfg.vae_decoder_output) == (32, "zip", "all", "sigmoid")
     r = LAFRConfig()
     assert r.repair_epochs >= 1 and r.repair_lr > 0 and r.lr_ue == cfg.lr_ue
+
+
+def test_epoch_step_budget():
+    """Why the official defaults leave a small forget set (almost) untouched: a zip epoch is ⌈|D_f|/32⌉ step pairs,
+    5 for digits class:3 (146 forget, 1,291 retain rows) against 188 for an MNIST class; ``retain`` makes it one
+    pass over D_r, cycling through D_f."""
+    gen = torch.Generator().manual_seed(0)
+    assert len(list(_pairs(146, 1291, 32, "zip", gen))) == 5
+    assert len(list(_pairs(6000, 54000, 32, "zip", gen))) == 188
+    pairs = list(_pairs(146, 1291, 32, "retain", gen))
+    assert len(pairs) == 41
+    assert sorted(torch.cat([r for _, r in pairs]).tolist()) == list(range(1291))  # every retain row once
+    forget = torch.cat([f for f, _ in pairs]).tolist()
+    assert all(0 <= i < 146 for i in forget) and len(set(forget[:146])) == 146  # full passes over D_f
 
 
 @pytest.mark.parametrize("key,value,message", [

@@ -1,8 +1,12 @@
 """SalUn: random-label unlearning restricted to the weights most salient for the forget loss (methods.md §10).
 
-The mask keeps the top ``mask_ratio`` of weights ranked globally by |∇(−CE)| summed over forget batches at
-the original weights; masked-out weights get no gradient, their momentum is zeroed and they are reset
-after every step (the official "Fix weight decay (#33)" behaviour).
+The mask (OPTML-Group/Unlearn-Saliency ``Classification/generate_mask.py::save_gradient_ratio``, commit
+ac880a2) keeps the top ``mask_ratio`` of weights ranked globally by |Σ_batches ∇(−CE)| over the forget
+batches at the original weights, with the model in **eval mode** (``model.eval()`` before the loop: no
+dropout noise, BatchNorm running statistics), exactly ``int(ratio · #weights)`` of them (``ranks <
+threshold_index``). Masked-out weights then get no gradient, their momentum is zeroed and they are reset
+after every step (the official "Fix weight decay (#33)" behaviour); the unlearning itself runs in train
+mode, as ``unlearn/RL.py`` does.
 """
 from __future__ import annotations
 
@@ -29,7 +33,15 @@ class SalUnConfig(OptimConfig):
 
 
 def saliency_mask(model, x_forget, y_forget, batch_size: int, ratio: float) -> dict[str, torch.Tensor]:
-    """1 for the top ``ratio`` of parameters by |Σ_batches ∇(−CE)|, ranked over the whole model."""
+    """1 for the top ``ratio`` of parameters by |Σ_batches ∇(−CE)|, ranked over the whole model.
+
+    The gradients are taken in eval mode (``generate_mask.py`` calls ``model.eval()``), so the mask does not
+    depend on dropout draws or batch statistics; the model's mode is restored afterwards. Ties are broken
+    by position (a stable sort), so exactly ``int(ratio · n)`` weights are kept (at least one). Batches are
+    taken in order (official: a shuffled loader, the same sum except for which rows make the short last batch).
+    """
+    was_training = model.training
+    model.eval()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     grads = {n: torch.zeros_like(p) for n, p in named}
     for start in range(0, len(x_forget), batch_size):
@@ -37,12 +49,19 @@ def saliency_mask(model, x_forget, y_forget, batch_size: int, ratio: float) -> d
         loss = -F.cross_entropy(model(x_forget[start:start + batch_size]), y_forget[start:start + batch_size])
         loss.backward()
         for n, p in named:
-            grads[n] += p.grad.detach()
+            if p.grad is not None:
+                grads[n] += p.grad.detach()
     model.zero_grad(set_to_none=True)
+    model.train(was_training)
     flat = torch.cat([g.abs().flatten() for g in grads.values()])
-    keep = max(1, int(round(ratio * flat.numel())))
-    threshold = torch.topk(flat, keep).values.min()
-    return {n: (g.abs() >= threshold).to(g.dtype) for n, g in grads.items()}
+    keep = max(1, int(ratio * flat.numel()))
+    chosen = torch.zeros_like(flat)
+    chosen[torch.argsort(flat, descending=True, stable=True)[:keep]] = 1
+    masks, start = {}, 0
+    for n, g in grads.items():
+        masks[n] = chosen[start:start + g.numel()].view_as(g)
+        start += g.numel()
+    return masks
 
 
 @register
@@ -56,8 +75,9 @@ class SalUn(Method):
     reference = "Fan et al., ICLR 2024 (arXiv 2310.12508); OPTML-Group/Unlearn-Saliency"
 
     def unlearn(self, ctx):
-        cfg, model = self.config, ctx.model.train()
+        cfg, model = self.config, ctx.model
         mask = saliency_mask(model, ctx.x_forget, ctx.y_forget, cfg.batch_size, cfg.mask_ratio)
+        model.train()
         params = dict(model.named_parameters())
         opt, gen = optimizer(model, cfg), ctx.generator()
 
