@@ -236,18 +236,22 @@ class LAFConfig(MethodConfig):
     KL weight 0.025); ``Model.py`` ``CNN_VAE_Encoder`` (hidden 128, 32; sigmoid decoder); ``Data.py``
     ``construct_data`` (batch 32); the notebook's s_vae on loaders['train'] (all of D)."""
 
-    epochs: int = field(default=20, metadata={"help": f"UE+RA epochs (UNLEARNING_EPOCH; {_HP})", "min": 1})
+    epochs: int = field(default=20, metadata={"help": f"UE+RA epochs (UNLEARNING_EPOCH; {_HP})", "min": 1,
+                                                   "tune": (1, 30)})
     lr_ue: float = field(default=5e-5, metadata={"help": "Adam lr of the extractor-unlearning step "
-                                                          "(UNLEARNING_LR_UE)", "gt": 0})
+                                                          "(UNLEARNING_LR_UE)", "gt": 0,
+                                                 "tune": (1e-6, 1e-3, "log")})
     lr_ra: float = field(default=1e-4, metadata={"help": "Adam lr of the representation-alignment step "
-                                                          "(UNLEARNING_LR_RA)", "gt": 0})
+                                                          "(UNLEARNING_LR_RA)", "gt": 0,
+                                                 "tune": (1e-5, 1e-2, "log")})
     temperature: float = field(default=20.0, metadata={"help": "τ dividing the forget term of the contrastive "
                                                                 "RA loss (TEMP)", "gt": 0})
     batch_size: int = field(default=32, metadata={"help": "mini-batch size of every loader (Data.py)", "min": 1})
     epoch_steps: Literal["zip", "retain"] = field(
         default="zip", metadata={"help": "zip: an epoch is min(|D_f|, |D_r|)/batch steps, as the official "
                                          "zip(unlearn, remain); retain: one pass over D_r, cycling D_f (use it "
-                                         "for a small forget set: zip gives it too few steps to unlearn)"})
+                                         "for a small forget set: zip gives it too few steps to unlearn)",
+                         "tune": ("choice", ["zip", "retain"])})
     latent_dims: int = field(default=8, metadata={"help": "VAE latent width (LATENT_DIMS)", "min": 1})
     vae_hidden: tuple[int, ...] = field(default=(128, 32), metadata={"help": "VAE encoder hidden widths "
                                                                              "(decoder mirrors them)"})

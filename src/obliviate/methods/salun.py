@@ -27,9 +27,10 @@ class SalUnConfig(OptimConfig):
     SGD momentum 0.9, wd 5e-4, batch 256."""
 
     mask_ratio: float = field(default=0.5, metadata={"help": "fraction of weights updated (top saliency)",
-                                                     "gt": 0, "max": 1})
-    lr: float = field(default=0.013, metadata={"help": "learning rate", "gt": 0})
-    epochs: int = field(default=10, metadata={"help": "passes over forget then retain", "min": 1})
+                                                     "gt": 0, "max": 1, "tune": (0.1, 0.9)})
+    lr: float = field(default=0.013, metadata={"help": "learning rate", "gt": 0, "tune": (1e-4, 1e-1, "log")})
+    epochs: int = field(default=10, metadata={"help": "passes over forget then retain", "min": 1,
+                                                   "tune": (1, 20)})
 
 
 def saliency_mask(model, x_forget, y_forget, batch_size: int, ratio: float) -> dict[str, torch.Tensor]:

@@ -28,9 +28,10 @@ class ScrubConfig(OptimConfig):
     3 epochs, decay at [3, 5, 9]."""
 
     optimizer: Literal["sgd", "adam"] = field(default="adam", metadata={"help": "sgd or adam"})
-    lr: float = field(default=5e-4, metadata={"help": "initial learning rate (sgda_learning_rate)", "gt": 0})
+    lr: float = field(default=5e-4, metadata={"help": "initial learning rate (sgda_learning_rate)", "gt": 0,
+                                                   "tune": (1e-5, 1e-2, "log")})
     weight_decay: float = field(default=0.1, metadata={"help": "L2 weight decay", "min": 0})
-    epochs: int = field(default=10, metadata={"help": "total epochs (sgda_epochs)", "min": 1})
+    epochs: int = field(default=10, metadata={"help": "total epochs (sgda_epochs)", "min": 1, "tune": (1, 20)})
     msteps: int = field(default=3, metadata={"help": "the first msteps epochs include forget max-steps", "min": 0})
     gamma: float = field(default=1.0, metadata={"help": "weight of retain cross-entropy", "min": 0})
     alpha: float = field(default=0.5, metadata={"help": "weight of retain KL to the teacher", "min": 0})
