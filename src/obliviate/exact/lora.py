@@ -1,23 +1,40 @@
-"""LoRA blocks for the small reference nets: one low-rank adapter per S3T slice position.
+"""LoRA blocks for S3T: low-rank adapters owned by slice positions.
 
-Every ``nn.Linear`` but the last (the head) is wrapped; adapter ``i`` adds (α/√r)·B_i A_i (rsLoRA
-scaling, as ``use_rslora=True`` in the official S3T code) and only the first ``active`` adapters are
-applied, so deactivating positions never touches merged weights (methods.md §3 pitfall 2).
+Which Linears are wrapped: a model with ``lora_sites()`` (a pretrained transformer, e.g. MiniLM) names its
+own targets — query and value of every layer, as the official code — and its ``head``; any other model
+(the small reference nets) has every ``nn.Linear`` but the last (the head) wrapped.
+
+Which position owns which wrapper (``owners``): ``full`` — every position adds an adapter to every wrapper
+(the full-depth layout used for the small nets); ``blocks`` — the paper's layout, k = N // L layers per
+position, top-down as ``get_layers`` in the official ``src/s3t_vit.py``: position p owns layers
+N−1−(p·k+i), i < k (position 0 the top k layers).
+
+Adapter ``i`` of a wrapper adds (α/√r)·B_i A_i dropout(x) (rsLoRA scaling, ``use_rslora=True`` in the
+official code; LoRA dropout on the adapter input, active in training mode only, as peft's ``lora_dropout``);
+only the first ``active`` adapters are applied, so deactivating positions never touches merged weights
+(methods.md §3 pitfall 2).
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from obliviate.errors import ConfigError
+
+LAYOUTS = ("auto", "full", "blocks")
 
 
 class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0, layer: int | None = None):
         super().__init__()
         self.base = base
         self.rank = rank
         self.scale = alpha / math.sqrt(rank)
+        self.dropout = dropout
+        self.layer = layer  # transformer layer index (None: a small net's Linear)
         self.lora_A = nn.ParameterList()
         self.lora_B = nn.ParameterList()
         self.active = 0
@@ -31,6 +48,8 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
+        if self.active and self.dropout > 0 and self.training:
+            x = F.dropout(x, self.dropout, training=True)  # seeded by the training loop (exactness)
         for i in range(self.active):
             y = y + (x @ self.lora_A[i].T) @ self.lora_B[i].T * self.scale
         return y
@@ -49,14 +68,49 @@ def linear_layers(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
     return out
 
 
-def inject(model: nn.Module, rank: int, alpha: float) -> tuple[list[LoRALinear], nn.Linear]:
-    """Wrap every Linear except the last in a LoRALinear; return the wrappers and the head."""
+def inject(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0) -> tuple[list[LoRALinear], nn.Linear]:
+    """Wrap the model's LoRA sites (or every Linear except the last) in LoRALinears; return them and the head."""
+    if hasattr(model, "lora_sites"):
+        wrappers = []
+        for layer, parent, name in model.lora_sites():
+            wrapped = LoRALinear(getattr(parent, name), rank, alpha, dropout, layer)
+            setattr(parent, name, wrapped)
+            wrappers.append(wrapped)
+        return wrappers, model.head
     layers = linear_layers(model)
     if len(layers) < 2:
         raise ValueError("S3T needs a model with at least two Linear layers (a body to adapt and a head)")
     wrappers = []
     for parent, name, layer in layers[:-1]:
-        wrapped = LoRALinear(layer, rank, alpha)
+        wrapped = LoRALinear(layer, rank, alpha, dropout)
         setattr(parent, name, wrapped)
         wrappers.append(wrapped)
     return wrappers, layers[-1][2]
+
+
+def resolve_layout(model: nn.Module, layout: str) -> str:
+    """``auto``: the paper's ``blocks`` for a model with transformer layers (``lora_sites``), else ``full``."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown S3T layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if layout == "auto":
+        return "blocks" if hasattr(model, "lora_sites") else "full"
+    if layout == "blocks" and not hasattr(model, "lora_sites"):
+        raise ConfigError("s3t layout=blocks needs a transformer backbone (a model with lora_sites)")
+    return layout
+
+
+def block_layers(n_layers: int, slices: int, position: int) -> list[int]:
+    """Layers owned by ``position``: k = N // L of them, top-down (official ``get_layers``)."""
+    k = n_layers // slices
+    if k == 0:
+        raise ConfigError(f"s3t layout=blocks needs slices <= layers ({slices} slices, {n_layers} layers)")
+    return [n_layers - 1 - (position * k + i) for i in range(k)]
+
+
+def owners(wrappers: list[LoRALinear], layout: str, slices: int, position: int) -> list[int]:
+    """Indices of the wrappers that ``position`` adds an adapter to (and trains)."""
+    if layout == "full":
+        return list(range(len(wrappers)))
+    n_layers = 1 + max(w.layer for w in wrappers)
+    mine = set(block_layers(n_layers, slices, position))
+    return [i for i, w in enumerate(wrappers) if w.layer in mine]

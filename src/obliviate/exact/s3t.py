@@ -7,12 +7,20 @@ Exactness: the model served for prefix P of shard s is a function of (seed, s, P
 alone — the backbone is a seeded, data-free initialisation; block i's initialisation, data order and
 dropout are seeded by (seed, s, P[:i+1]); the head (and the input normaliser, fitted on P[0]) is
 snapshotted per position and restored with the prefix (pitfall 1: switching LoRA off is not enough).
+
+Block layout (``lora.owners``): on a pretrained transformer (MiniLM) position p trains LoRA on query/value
+of its own k = N // L layers only, top-down as the official code — earlier positions' blocks stay frozen,
+later positions' do not exist yet. The layers below p's block are then the pretrained, frozen backbone, so
+their output is cached per example (``stem_features``) and position p runs only its block and above. Each
+cached row is computed alone (batch of one, its own length): a function of that passage and the pretrained
+weights, never of which other passages exist; a deletion drops the deleted rows from the cache.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -31,38 +39,96 @@ def _key(prefix: Prefix) -> str:
     return "-".join(map(str, prefix))
 
 
-def build_prefix_model(task, seed: int, rank: int, alpha: float, snapshots: dict[Prefix, dict], prefix: Prefix):
-    """The shard model for ``prefix``: seeded backbone + LoRA blocks of every sub-prefix + the prefix's head."""
+def build_prefix_model(task, seed: int, rank: int, alpha: float, snapshots: dict[Prefix, dict], prefix: Prefix,
+                       dropout: float = 0.0):
+    """The shard model for ``prefix``: seeded backbone + the LoRA blocks of every sub-prefix (each snapshot
+    holds the adapters of the wrappers its position owns) + the prefix's head."""
     model = task.make_model(derive_seed(seed, "s3t", "backbone"))
-    wrappers, _ = lora.inject(model, rank, alpha)
+    wrappers, _ = lora.inject(model, rank, alpha, dropout)
     for p in range(len(prefix)):
         snap = snapshots[prefix[: p + 1]]
         for i, w in enumerate(wrappers):
-            w.lora_A.append(torch.nn.Parameter(snap[f"lora{i}.A"].clone()))
-            w.lora_B.append(torch.nn.Parameter(snap[f"lora{i}.B"].clone()))
+            if f"lora{i}.A" in snap:
+                w.lora_A.append(torch.nn.Parameter(snap[f"lora{i}.A"].clone()))
+                w.lora_B.append(torch.nn.Parameter(snap[f"lora{i}.B"].clone()))
     for w in wrappers:
-        w.active = len(prefix)
+        w.active = len(w.lora_A)
     if prefix:
         head_state = {k[5:]: v for k, v in snapshots[prefix].items() if k.startswith("rest.")}
         model.load_state_dict(head_state, strict=False)
     return model
 
 
+def layout_of(model: torch.nn.Module, cfg: dict) -> tuple[str, float]:
+    """The block layout and LoRA dropout of ``cfg`` for ``model``: ``auto`` is the paper's blocks with dropout
+    0.1 (official ``s3t_vit.py``) on a pretrained transformer, the full-depth adapter without dropout otherwise."""
+    layout = lora.resolve_layout(model, cfg.get("layout") or "auto")
+    dropout = cfg.get("dropout")
+    return layout, (0.1 if layout == "blocks" else 0.0) if dropout is None else float(dropout)
+
+
+_STEM: "weakref.WeakKeyDictionary[Any, dict[int, dict[int, np.ndarray]]]" = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def stem_features(task, model: torch.nn.Module, ids: np.ndarray, start: int) -> np.ndarray:
+    """``[hidden | mask]`` rows after the frozen pretrained layers below ``start`` for training ids ``ids``,
+    right-padded to the longest; each row computed alone and cached per (task, layer, id)."""
+    cache = _STEM.setdefault(task, {})
+    rows = cache.setdefault(start, {})
+    was_training = model.training
+    model.eval()
+    x_all = task.data.x_train
+    for i in (int(i) for i in ids):
+        if i in rows:
+            continue
+        below = max((b for b in cache if b < start and i in cache[b]), default=None)  # resume from a lower layer
+        xt = torch.as_tensor(x_all[i:i + 1], dtype=torch.float32)
+        if below is None:
+            h, _ = model.stem(xt, start)
+        else:
+            h, _ = model.stem(xt, start, hidden=torch.as_tensor(cache[below][i])[None], begin=below)
+        rows[i] = h[0].numpy().copy()
+    model.train(was_training)
+    width = max([rows[int(i)].shape[0] for i in ids], default=1)
+    hidden = rows[int(ids[0])].shape[1] if len(ids) else 0
+    out = np.zeros((len(ids), width, hidden + 1), dtype=np.float32)
+    for j, i in enumerate(ids):
+        r = rows[int(i)]
+        out[j, :len(r), :hidden] = r
+        out[j, :len(r), hidden] = 1.0
+    return out
+
+
+def forget_features(task, ids) -> None:
+    """Drop cached stem rows of deleted ids (derived data of the deleted passages)."""
+    for rows in _STEM.get(task, {}).values():
+        for i in np.asarray(ids).ravel():
+            rows.pop(int(i), None)
+
+
 def train_prefix(task, plan_slices: list[np.ndarray], prefix: Prefix, snapshots: dict[Prefix, dict], cfg: dict,
                  recipe, seed: int, shard: int, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """Train position len(prefix)-1: a new LoRA block + the head on the union of the prefix's slices."""
+    """Train position len(prefix)-1: its new LoRA block + the head on the union of the prefix's slices."""
     rank, alpha = cfg["rank"], cfg["alpha"]
     parent = prefix[:-1]
+    position = len(prefix) - 1
     model = build_prefix_model(task, seed, rank, alpha, snapshots, parent)
+    layout, dropout = layout_of(model, cfg)
     wrappers = [m for m in model.modules() if isinstance(m, lora.LoRALinear)]
-    head = lora.linear_layers(model)[-1][2]
-    gen = torch.Generator().manual_seed(derive_seed(seed, "s3t", shard, prefix, "lora"))
     for w in wrappers:
-        w.add_adapter(gen)
-        w.active = len(prefix)
+        w.dropout = dropout
+    head = model.head if hasattr(model, "lora_sites") else lora.linear_layers(model)[-1][2]
+    own = lora.owners(wrappers, layout, cfg["slices"], position)
+    gen = torch.Generator().manual_seed(derive_seed(seed, "s3t", shard, prefix, "lora"))
+    for i in own:
+        wrappers[i].add_adapter(gen)
+    for w in wrappers:
+        w.active = len(w.lora_A)
     for p in model.parameters():
         p.requires_grad_(False)
-    trainable = [w.lora_A[-1] for w in wrappers] + [w.lora_B[-1] for w in wrappers] + list(head.parameters())
+    trainable = ([wrappers[i].lora_A[-1] for i in own] + [wrappers[i].lora_B[-1] for i in own]
+                 + list(head.parameters()))
     for p in trainable:
         p.requires_grad_(True)
     x_all, y_all = task.data.x_train, task.data.y_train
@@ -71,17 +137,22 @@ def train_prefix(task, plan_slices: list[np.ndarray], prefix: Prefix, snapshots:
         if len(first) and hasattr(model, "fit_normalizer"):
             model.fit_normalizer(x_all[first], y_all[first])
     ids = np.concatenate([plan_slices[j] for j in prefix])
+    net, x = model, None
+    start = min(wrappers[i].layer for i in own) if layout == "blocks" and hasattr(model, "from_layer") else 0
+    if start > 0:  # below the block: the frozen pretrained backbone, no adapter (cached)
+        assert all(w.active == 0 for w in wrappers if w.layer < start)
+        net, x = model.from_layer(start), stem_features(task, model, ids, start)
     step_recipe = dataclasses.replace(recipe, lr=cfg["lr"]) if cfg.get("lr") else recipe
-    train(model.to(device), x_all[ids], y_all[ids], step_recipe, task.kind,
+    train(net.to(device), x_all[ids] if x is None else x, y_all[ids], step_recipe, task.kind,
           derive_seed(seed, "s3t", shard, prefix, "train"), device,
           description=f"s3t shard {shard} prefix {_key(prefix)}", epochs=cfg["epochs"], fit_normalizer=False)
-    snap = {f"lora{i}.A": w.lora_A[-1].detach().cpu().clone() for i, w in enumerate(wrappers)}
-    snap.update({f"lora{i}.B": w.lora_B[-1].detach().cpu().clone() for i, w in enumerate(wrappers)})
+    snap = {f"lora{i}.A": wrappers[i].lora_A[-1].detach().cpu().clone() for i in own}
+    snap.update({f"lora{i}.B": wrappers[i].lora_B[-1].detach().cpu().clone() for i in own})
     head_prefix = _module_name(model, head) + "."
     params = {n for n, _ in model.named_parameters()}
     for name, value in model.state_dict().items():
         if "lora_" in name or (name in params and not name.startswith(head_prefix)):
-            continue  # LoRA blocks are stored above; backbone weights are the seeded initialisation
+            continue  # LoRA blocks are stored above; backbone weights are the seeded / pretrained initialisation
         snap[f"rest.{name}"] = value.detach().cpu().clone()  # the head and the normaliser buffers
     return snap
 
@@ -147,6 +218,7 @@ class S3TSystem:
         when none of its sequences survives."""
         start = time.perf_counter()
         by_shard, already = self.plan.locate(ids)
+        forget_features(self.task, ids)
         deactivated = 0
         dead = []
         for s, hits in sorted(by_shard.items()):
