@@ -74,3 +74,29 @@ def test_the_bench_page_shows_the_verdict_and_flags():
     assert "<b>Verdict.</b> best: npo (approximate): avg_gap 0.0025, 20.0× closer" in page
     assert "finetune <small>(did not forget at these settings)</small>" in page
     assert "do nothing: the original" in page
+
+
+@pytest.mark.parametrize("kind", ["classification", "language"])
+def test_the_bench_table_fits_80_columns(kind, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from obliviate import cli
+    from obliviate.metrics.gap import HEADLINE
+
+    keys = HEADLINE[kind]
+    metrics = {role: {k: v for k, v in zip(keys, (0.5, -98.123, 0.25, 1.0, 0.333, 0.75))}
+               for role in ("original", "oracle", "unlearned")}
+    doc = {"task": "authors" if kind == "language" else "digits", "task_kind": kind, "forget": "random:0.1",
+           "seeds": [0, 1, 2], "runs": [{"method": "npo_klr_muse", "seed": 0, "metrics": metrics}],
+           "summary": [{"method": name, "guarantee": g, "avg_gap": 0.1234, "unlearn_s": 123.456, "time_ratio": 0.25,
+                        **metrics["unlearned"]} for name, g in (("npo_klr_muse", "approximate"), ("s3t", "exact"))]}
+    buffer = io.StringIO()
+    monkeypatch.setattr(cli, "out", Console(file=buffer, width=80, color_system=None))
+    cli._print_bench(doc)
+    lines = buffer.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    row = next(line for line in lines if line.lstrip().startswith("npo_klr_muse"))
+    assert "appr" in row and "0.123" in row  # one row per method, no wrapped cell
+    assert "gap = avg_gap to the oracle" in " ".join(" ".join(lines).split())  # the legend (wrapped at 80)

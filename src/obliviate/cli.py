@@ -24,7 +24,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 app.add_typer(s3t_app, name="s3t", help="S3T tools: the deletion-capability simulator")
 app.add_typer(ledger_app, name="ledger", help="The deletion ledger: verify its hash chain, export the audit trail")
 app.command("serve")(serve)
-out = Console(width=None if sys.stdout.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 160)))
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 DEMO_METHODS = "retrain,finetune,gradient_ascent,grad_diff,npo,random_label,scrub,salun"
@@ -98,26 +98,55 @@ def _print_run(r: dict[str, Any]) -> None:
                   + (f"; already deleted: {e['already_deleted']}" if e["already_deleted"] else ""))
 
 
+#: short column names and guarantee labels for a narrow terminal (below WIDE columns)
+SHORT = {"forget_acc": "forget", "retain_acc": "retain", "test_acc": "test", "forget_mae": "forget",
+         "retain_mae": "retain", "test_mae": "test", "verbmem_f": "vmem_f", "knowmem_f": "kmem_f",
+         "knowmem_r": "kmem_r", "privleak": "privlk", "forget_quality": "fq", "utility": "util"}
+SHORT_GUARANTEE = {"exact": "exact", "certified": "cert", "approximate": "appr", "suppression": "supp"}
+WIDE = 120
+
+
 def _print_bench(doc: dict[str, Any]) -> None:
+    """The bench table: full names on a wide terminal; on a narrow one (80 columns) short headers, 3 decimals and
+    no seconds column, with a legend line, so no cell wraps."""
+    from rich import box
+
     keys = list(HEADLINE[doc["task_kind"]])
+    narrow = out.width < WIDE
     challenge = any("challenge_score" in s for s in doc["summary"])
     extra = ["challenge F", "challenge score"] if challenge else []
-    t = Table(title=f"{doc['task']} · forget {doc['forget']} · seeds {doc['seeds']}")
-    for col in ["method", "guarantee", *keys, "avg_gap", "unlearn s", "÷ oracle", *extra]:
-        t.add_column(col, justify="left" if col in ("method", "guarantee") else "right")
+    fmt = _fmt_narrow if narrow else _fmt
+    cols = (["method", "grnt", *(SHORT.get(k, k) for k in keys), "gap", "÷orc", *extra] if narrow else
+            ["method", "guarantee", *keys, "avg_gap", "unlearn s", "÷ oracle", *extra])
+    t = Table(title=f"{doc['task']} · forget {doc['forget']} · seeds {doc['seeds']}",
+              box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD, padding=(0, 0, 0, 1) if narrow else (0, 1),
+              pad_edge=not narrow)
+    names = [s["method"] + "*" for s in doc["summary"]] + ["do nothing"]
+    for col in cols:
+        width = max(map(len, names)) if col == "method" else 5 if col == "grnt" else None
+        t.add_column(col, justify="left" if col in ("method", "guarantee", "grnt") else "right", no_wrap=narrow,
+                     min_width=width if narrow else None)
     ref = doc.get("reference") or reference(doc["runs"], doc["task_kind"])  # means over the bench's seeds
     verdict = doc.get("verdict") or bench_verdict(doc, ref.get("do_nothing_avg_gap"))
+    blank = [""] * (1 if narrow else 2)
     for role, gap_value, label in (("original", ref.get("do_nothing_avg_gap"), "do nothing"),
                                    ("oracle", 0.0, "oracle")):
         if role in ref:
-            t.add_row(f"[italic]{label}[/italic]", "", *(_fmt(ref[role].get(k)) for k in keys), _fmt(gap_value), "",
-                      "", *([""] * len(extra)))
+            t.add_row(f"[italic]{label}[/italic]", "", *(fmt(ref[role].get(k)) for k in keys), fmt(gap_value),
+                      *blank, *([""] * len(extra)))
     flagged = set(verdict.get("did_not_forget", []))
     for s in doc["summary"]:
-        t.add_row(s["method"] + (" [dim](did not forget)[/dim]" if s["method"] in flagged else ""), s["guarantee"], *(_fmt(s.get(k)) for k in keys), _fmt(s.get("avg_gap")),
-                  _fmt(s.get("unlearn_s")), _fmt(s.get("time_ratio")),
-                  *((_fmt(s.get("challenge_forgetting_quality")), _fmt(s.get("challenge_score"))) if challenge else ()))
+        mark = ("*" if narrow else " [dim](did not forget)[/dim]") if s["method"] in flagged else ""
+        times = [fmt(s.get("time_ratio"))] if narrow else [fmt(s.get("unlearn_s")), fmt(s.get("time_ratio"))]
+        t.add_row(s["method"] + mark, SHORT_GUARANTEE.get(s["guarantee"], s["guarantee"]) if narrow else
+                  s["guarantee"], *(fmt(s.get(k)) for k in keys), fmt(s.get("avg_gap")), *times,
+                  *((fmt(s.get("challenge_forgetting_quality")), fmt(s.get("challenge_score"))) if challenge else ()))
     out.print(t)
+    if narrow:
+        out.print("[dim]" + ", ".join(f"{v} = {k}" for k, v in SHORT.items() if k in keys)
+                  + "; gap = avg_gap to the oracle; ÷orc = unlearn time ÷ oracle retrain time; grnt = guarantee "
+                  "(appr = approximate, cert = certified, supp = suppression)"
+                  + ("; * = did not forget at these settings" if flagged else "") + "[/dim]")
     if challenge:
         n = next(s["challenge_n"] for s in doc["summary"] if "challenge_n" in s)
         out.print(f"challenge: NeurIPS 2023 unlearning challenge metric over {n} unlearned and {n} retrained models "
@@ -572,6 +601,13 @@ def methods_cmd(name: Optional[str] = typer.Argument(None, help="one method: its
     for i in infos:
         t.add_row(i["name"], i["guarantee"], ",".join(i["needs"]) or "–", ",".join(i["kinds"]), i["summary"])
     out.print(t)
+
+
+def _fmt_narrow(v: Any) -> str:
+    """3 decimals, or 1 for values of 10 and more (PrivLeak's percentages)."""
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3f}"
+    return "–" if v is None else str(v)
 
 
 def _fmt_default(value: Any) -> str:
