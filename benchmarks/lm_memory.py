@@ -17,8 +17,8 @@ What one subprocess measures (Linux ``/proc/self/status``; bytes):
   ``rss_after_load``: once the hf task has loaded it and every weight has been read once (transformers maps the
   safetensors file copy-on-write, so pages are resident only once touched): one copy of the weights.
 - the training window: VmHWM (= ``getrusage(RUSAGE_SELF).ru_maxrss``; both are the kernel's high-water mark) is
-  reset (``/proc/self/clear_refs`` ← 5) when the pipeline builds the method's context (``api._context``, where the
-  old code also deep-copies the model) and read when ``method.unlearn`` returns: ``peak``. The metric evaluations
+  reset (``/proc/self/clear_refs`` ← 5) when the pipeline builds the method's context
+  (``pipeline.build_context``, where the old code also deep-copies the model) and read when ``method.unlearn`` returns: ``peak``. The metric evaluations
   are stubbed out and the subprocess exits once the method has returned (they are not training). ``extra`` =
   peak − rss_before_load.
 - activations, from every tensor autograd saves for backward (``torch.autograd.graph.saved_tensors_hooks``) from
@@ -249,7 +249,7 @@ def one(spec: dict) -> dict:
 
     torch.set_num_threads(spec.get("threads", os.cpu_count() or 1))
     import obliviate
-    from obliviate import api
+    from obliviate import pipeline
     from obliviate.tasks import get_task
 
     out: dict = {"spec": spec, "obliviate": obliviate.__file__}
@@ -303,15 +303,15 @@ def one(spec: dict) -> dict:
         return backward(self, *a, **k)
 
     torch.Tensor.backward = first_backward
-    api._evaluate = lambda *a, **k: ({}, None)  # the metrics are not measured here (module docstring)
-    context = api._context
+    pipeline.evaluate_model = lambda *a, **k: ({}, None)  # the metrics are not measured here (module docstring)
+    context = pipeline.build_context
 
     def measured_context(*a, **k):
         reset_peak()
         state["rss_window_start"] = proc_status()["VmRSS"]
         return context(*a, **k)
 
-    api._context = measured_context
+    pipeline.build_context = measured_context
 
     def measured_apply(method, ctx, request):
         meter = meter_box["m"] = SavedMeter(ctx.model, ctx.model.model.layers,
@@ -340,8 +340,8 @@ def one(spec: dict) -> dict:
         method.unlearn = measured_unlearn
         return apply(method, ctx, request)
 
-    apply = api._apply
-    api._apply = measured_apply
+    apply = pipeline.apply_method
+    pipeline.apply_method = measured_apply
     settings = dict(spec["settings"])
     obliviate.unlearn(task, spec["method"], None, oracle=False, use_cache=False, seed=SEED, device="cpu", **settings)
     raise RuntimeError("the method never ran")

@@ -14,24 +14,24 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from obliviate import dist, pipeline
 from obliviate.config import as_dict, build_config
 from obliviate.distributed import Runtime, run_jobs
 from obliviate.errors import ConfigError, ObliviateError
-from obliviate.methods import Method, UnlearnContext, get_method
-from obliviate.metrics import Evaluation, avg_gap, gaps
+from obliviate.memory import check_fits
+from obliviate.methods import Method, get_method
 from obliviate.metrics import challenge as challenge_metric
-from obliviate.verdict import bench_verdict, reference
 from obliviate.metrics.relearn import (RelearnConfig, anamnesis_index, forget_metric, relearn_config_summary,
                                        relearn_time, target_value)
 from obliviate.models.store import ModelStore, content_key, state_sha256
-from obliviate import dist
-from obliviate.memory import check_fits
 from obliviate.oracle import STORE_FORMAT, retrain_oracle, train_original
+from obliviate.pipeline import RUN_SCHEMA, as_task, oracle_gap, run_report, software_versions  # noqa: F401
 from obliviate.requests import ForgetRequest, ids_sha256, resolve
-from obliviate.tasks import Task, get_task, task_class
-from obliviate.training import predict, resolve_device, seed_everything, to_tensors
+from obliviate.seeding import numpy_rng
+from obliviate.tasks import Task, get_task, task_class  # noqa: F401 (api.get_task)
+from obliviate.training import predict, resolve_device
+from obliviate.verdict import bench_verdict, reference
 
-RUN_SCHEMA = "obliviate.run/1"
 BENCH_SCHEMA = "obliviate.bench/1"
 PER_EXAMPLE_LIMIT = 5000
 
@@ -121,109 +121,6 @@ def build_method(name: str, values: dict[str, Any], task: Task) -> Method:
     return cls(build_config(cls.config_class, {**suggested, **values}, prefix=f"{name}."))
 
 
-def _as_task(task: str | Task, options: dict[str, Any]) -> Task:
-    if isinstance(task, Task):
-        if options:
-            raise ConfigError("task options given for an already built task")
-        return task
-    return get_task(task, **options)
-
-
-# -- the pipeline -----------------------------------------------------------------------------------------
-
-def _context(task: Task, method: Method, original: torch.nn.Module, request: ForgetRequest,
-             recipe, seed: int, device: torch.device, runtime: Runtime,
-             retain_ids: np.ndarray | None = None, in_place: bool = False) -> UnlearnContext:
-    forget_ids = request.ids
-    if retain_ids is None:
-        retain_ids = np.setdiff1d(np.arange(task.n_train), forget_ids)
-    if task.kind == "language":
-        return _language_context(task, method, original, forget_ids, retain_ids, recipe, seed, device, runtime,
-                                 in_place)
-    d = task.data
-    xf, yf = to_tensors(d.x_train[forget_ids], d.y_train[forget_ids], device)
-    xr, yr = to_tensors(d.x_train[retain_ids], d.y_train[retain_ids], device)
-    needs = method.needs
-    model = copy.deepcopy(original).to(device)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return UnlearnContext(
-        task=task, model=model, original=original if "original" in needs else None,
-        x_forget=xf, y_forget=yf if "labels" in needs else None,
-        x_retain=xr if "retain" in needs else None,
-        y_retain=yr if ("retain" in needs and "labels" in needs) else None,
-        forget_ids=forget_ids, retain_ids=retain_ids, recipe=recipe, seed=seed, device=device, runtime=runtime)
-
-
-def _language_context(task, method, original, forget_ids, retain_ids, recipe, seed, device, runtime,
-                      in_place: bool = False):
-    """A language method's data: the (prompt, completion) sequences of the forget and retain records.
-    ``in_place``: the method trains ``original`` itself and gets no separate original (a given model, already
-    evaluated and reloadable from its directory; the methods keep their reference without a second copy)."""
-    needs = method.needs
-    model = original.to(device) if in_place else copy.deepcopy(original).to(device)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return UnlearnContext(
-        task=task, model=model, original=original.to(device) if "original" in needs and not in_place else None,
-        x_forget=None, y_forget=None, x_retain=None, y_retain=None, forget_ids=forget_ids, retain_ids=retain_ids,
-        recipe=recipe, seed=seed, device=device, runtime=runtime, tokenizer=task.tokenizer(),
-        forget_pairs=[s for i in forget_ids for s in task.sequences(int(i))],
-        retain_pairs=[s for i in retain_ids for s in task.sequences(int(i))] if "retain" in needs else None)
-
-
-def _evaluate(task, model, forget_ids, retain_ids, seed, device, per_example: bool, reference=None):
-    ev = Evaluation(task, model, forget_ids, retain_ids, seed=seed, device=device, reference=reference)
-    values = ev.compute()
-    return values, (ev.per_example() if per_example else None)
-
-
-def _versions(kind: str | None = None) -> dict[str, str]:
-    import sklearn
-
-    from obliviate import __version__
-
-    out = {"obliviate": __version__, "torch": torch.__version__, "numpy": np.__version__,
-           "scikit-learn": sklearn.__version__}
-    if kind == "language":
-        import transformers
-
-        out["transformers"] = transformers.__version__
-    return out
-
-
-def _apply(method: Method, ctx: UnlearnContext, request: ForgetRequest) -> tuple[torch.nn.Module, float]:
-    """Run the method under the run seed; return the checked, eval-mode model and the seconds it took."""
-    seed_everything(ctx.seed)
-    start = time.perf_counter()
-    model = method.unlearn(ctx)
-    seconds = time.perf_counter() - start
-    model.eval()
-    _check_finite(model, ctx.task, request, method)
-    return model, seconds
-
-
-def _check_finite(model: torch.nn.Module, task: Task, request: ForgetRequest, method: Method) -> None:
-    """A diverged update (NaN/inf weights or outputs) is a clear error, never a report of garbage."""
-    from obliviate.training import predict
-
-    bad = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
-    if not bad:
-        dev = next(model.parameters()).device
-        if task.kind == "language":
-            from obliviate.lm import score
-
-            pairs = [s for i in request.ids[:8] for s in task.sequences(int(i))][:16]
-            out = score(model, task.tokenizer(), pairs, dev).nll_sum
-        else:
-            out = predict(model, task.data.x_train[request.ids[:256]], dev)
-        if np.isfinite(out).all():
-            return
-    where = f"weights ({bad[0]})" if bad else "outputs"
-    raise ObliviateError(f"method {method.name!r} diverged: the unlearned model has non-finite {where}; "
-                         "lower its lr or epochs (--set lr=..., --set epochs=...)")
-
-
 # -- the NeurIPS 2023 challenge: N unlearned runs and N retrained oracles, as executor jobs ------------------
 
 def _challenge_outputs(task, model, forget_ids, retain_ids, device) -> dict[str, Any]:
@@ -243,10 +140,11 @@ def _challenge_unlearn_job(task, method: Method, original: torch.nn.Module, requ
                            seed: int, device: str, system=None) -> dict[str, Any]:
     """One run of the unlearning algorithm from the (shared) original, with unlearning seed ``seed``."""
     dev = torch.device(device)
-    ctx = _context(task, method, original.to(dev), request, recipe, seed, dev, Runtime(device=dev, executor="serial"))
+    ctx = pipeline.build_context(task, method, original.to(dev), request, recipe, seed, dev,
+                                 Runtime(device=dev, executor="serial"))
     if system is not None:
         ctx.extras["system"] = system
-    model, _ = _apply(method, ctx, request)
+    model, _ = pipeline.apply_method(method, ctx, request)
     return _challenge_outputs(task, model, request.ids, ctx.retain_ids, dev)
 
 
@@ -371,7 +269,7 @@ class Session:
     def challenge(self, method: Method, request: ForgetRequest, seed: int, n: int) -> dict[str, Any]:
         """The NeurIPS 2023 challenge block for ``method``: N runs of the method (unlearning seeds 0..N-1) from the
         one original of ``seed``, against N oracles (training seeds 0..N-1 on the retain set, cached like any
-        oracle), all fanned out over the runtime's executor (evaluation.md §3)."""
+        oracle), all fanned out over the runtime's executor (the challenge's official protocol)."""
         task = self.task
         retain_ids = np.setdiff1d(np.arange(task.n_train), request.ids)
         device = str(self.device)
@@ -412,12 +310,12 @@ class Session:
                                               device=self.device)
         return self._relearn[key]
 
-    # -- MUSE C5 scalability and C6 sustainability (evaluation.md §9.6, §9.7) --------------------------------------
+    # -- MUSE C5 scalability and C6 sustainability (Shi et al., ICLR 2025) --------------------------------------
     def _fold_order(self, request: ForgetRequest, seed: int) -> np.ndarray:
         """The request's ids first, then the other training ids in a seeded order: the growing forget sets of
         scalability are prefixes of it, the disjoint folds of sustainability consecutive blocks."""
         rest = np.setdiff1d(np.arange(self.task.n_train), request.ids)
-        return np.concatenate([request.ids, np.random.default_rng([seed, 0x5CA1]).permutation(rest)])
+        return np.concatenate([request.ids, numpy_rng(seed, 0x5CA1).permutation(rest)])
 
     def _check_folds(self, method: Method, request: ForgetRequest, total: int, what: str) -> None:
         if method.trains_original:
@@ -478,12 +376,11 @@ class Session:
             if j > 0:
                 cumulative = ForgetRequest(f"{request.spec} folds 1-{j + 1}", forgotten)
                 oracle_model, _ = self.oracle(seed, cumulative, retain)
-                step["cumulative"] = {
-                    "unlearned": _evaluate(self.task, result.model, forgotten, retain, seed, self.device, False,
-                                           oracle_model)[0]}
+                step["cumulative"] = {"unlearned": pipeline.evaluate_model(
+                    self.task, result.model, forgotten, retain, seed, self.device, False, oracle_model)[0]}
                 if oracle_model is not None:
-                    step["cumulative"]["oracle"] = _evaluate(self.task, oracle_model, forgotten, retain, seed,
-                                                             self.device, False, oracle_model)[0]
+                    step["cumulative"]["oracle"] = pipeline.evaluate_model(
+                        self.task, oracle_model, forgotten, retain, seed, self.device, False, oracle_model)[0]
             steps.append(step)
             current = (result.model, {"sha256": r["models"]["unlearned"]["sha256"]})
         return {"fold_size": request.n, "folds": folds, "order_seed": seed, "steps": steps}
@@ -519,8 +416,8 @@ class Session:
             key = (role, sha, oracle_meta["sha256"] if reference is not None else None, seed, request.sha256,
                    ids_sha256(retain_ids))
             if key not in evaluation_cache:
-                evaluation_cache[key] = _evaluate(task, model, request.ids, retain_ids, seed, self.device, per_ex,
-                                                  reference)
+                evaluation_cache[key] = pipeline.evaluate_model(task, model, request.ids, retain_ids, seed,
+                                                                self.device, per_ex, reference)
             return evaluation_cache[key]
 
         def before_unlearned():
@@ -540,11 +437,11 @@ class Session:
             if oracle_model is not None and self.device.type != "cpu":
                 oracle_model.cpu()  # off the device while the model trains
         source = original if start is None else start[0]
-        ctx = _context(task, method, source, request, self.recipe, seed, self.device, self.runtime, retain_ids,
-                       in_place=in_place)
+        ctx = pipeline.build_context(task, method, source, request, self.recipe, seed, self.device, self.runtime,
+                                     retain_ids, in_place=in_place)
         if system is not None:
             ctx.extras["system"] = system
-        model, unlearn_time = _apply(method, ctx, request)
+        model, unlearn_time = pipeline.apply_method(method, ctx, request)
         if in_place:
             original = lambda: self.original(seed)[0]  # noqa: E731 — loaded again only if something asks
             if oracle_model is not None:
@@ -553,20 +450,17 @@ class Session:
             before_unlearned()
         metrics["original"], per_example["original"] = evaluated["original"]
 
-        metrics["unlearned"], per_example["unlearned"] = _evaluate(task, model, request.ids, retain_ids, seed,
-                                                                   self.device, per_ex, oracle_model)
+        metrics["unlearned"], per_example["unlearned"] = pipeline.evaluate_model(
+            task, model, request.ids, retain_ids, seed, self.device, per_ex, oracle_model)
         time_s = {"train": orig_meta.get("train_time_s"), "unlearn": unlearn_time}
         models = {"original": {"sha256": orig_meta["sha256"], "cached": orig_meta["cached"]},
                   "unlearned": {"sha256": state_sha256(model)}}
-        gap: dict[str, float] = {}
-        avg = None
         if with_oracle:
             # the oracle against itself: oracle-relative metrics are 0 there, so their gap is the value itself
             metrics["oracle"], per_example["oracle"] = evaluated["oracle"]
             time_s["oracle"] = oracle_meta.get("train_time_s")
             models["oracle"] = {"sha256": oracle_meta["sha256"], "cached": oracle_meta["cached"]}
-            gap = gaps(metrics["unlearned"], metrics["oracle"])
-            avg = avg_gap(gap, task.kind)
+        gap, avg = oracle_gap(metrics, task.kind)
         relearn_block = None
         if relearn is not None:
             kind = task.kind
@@ -592,37 +486,36 @@ class Session:
                              "target": target, "saturated": {r: rt.saturated for r, rt in rts.items()},
                              "start": {r: rt.start for r, rt in rts.items()},
                              "final": {r: rt.final for r, rt in rts.items()}}
-        report = {
-            "schema": RUN_SCHEMA, "task": task.name, "task_kind": task.kind,
-            "method": method.name, "guarantee": method.guarantee, "seed": seed, "device": self.device.type,
-            "forget": request.summary(), "retain": {"n": int(len(retain_ids))},
-            "config": as_dict(method.config), "train": as_dict(self.recipe),
-            "task_options": as_dict(task.options),
-            "metrics": metrics, "gap": gap, "avg_gap": avg, "time_s": time_s, "models": models,
-            "executor": self.runtime.executor, "versions": _versions(task.kind),
-        }
-        if oracle_note:
-            report["oracle"] = oracle_note
-        if "lm_run" in ctx.extras:  # how a language method trained: precision, micro-batches, reference, memory
-            report["lm_run"] = ctx.extras["lm_run"]
-        for key in ("guard", "filter"):  # suppression layers: detector quality and generation counts (live dicts)
-            if key in ctx.extras:
-                report[key] = copy.deepcopy(ctx.extras[key])
-                counts = report[key].get("generation")
-                if dist.launched() and isinstance(counts, dict):  # each process generated its share of the batches
-                    parts = dist.gather([(dist.rank(), counts)])
-                    report[key]["generation"] = {k: sum(c[k] for _, c in parts) for k in counts}
         if start is not None:
             models["start"] = {"sha256": start[1].get("sha256")}
-        if relearn_block is not None:
-            report["relearn"] = relearn_block
-        if "cost" in ctx.extras:
-            report["exact"] = ctx.extras["cost"]
-            report["time_s"]["unlearn"] = ctx.extras["cost"]["time_s"]  # the deletion itself
-        if per_ex:
-            report["per_example"] = {"forget_ids": request.ids.tolist(),
-                                     **{k: v for k, v in per_example.items() if v is not None}}
+        cost = ctx.extras.get("cost")
+        if cost is not None:
+            time_s["unlearn"] = cost["time_s"]  # the deletion itself
+        report = run_report(
+            task, method.name, method.guarantee, request.summary(), seed=seed, device=self.device.type,
+            retain_n=len(retain_ids), config=as_dict(method.config), train=as_dict(self.recipe),
+            task_options=as_dict(task.options), metrics=metrics, gap=gap, avg_gap=avg, time_s=time_s,
+            models=models, executor=self.runtime.executor, versions=software_versions(task.kind),
+            oracle=oracle_note or None,
+            lm_run=ctx.extras.get("lm_run"),  # how a language method trained: precision, micro-batches, memory
+            guard=_layer_block(ctx.extras.get("guard")), filter=_layer_block(ctx.extras.get("filter")),
+            relearn=relearn_block, exact=cost,
+            per_example=({"forget_ids": request.ids.tolist(), **{k: v for k, v in per_example.items()
+                                                                 if v is not None}} if per_ex else None))
         return RunResult(model, report, original, oracle_model)
+
+
+def _layer_block(live: dict | None) -> dict | None:
+    """A suppression layer's block (guard, filter: detector quality, generation counts), copied from its live
+    dict; under a multi-process launch each process generated its share, so the counts are summed."""
+    if live is None:
+        return None
+    block = copy.deepcopy(live)
+    counts = block.get("generation")
+    if dist.launched() and isinstance(counts, dict):
+        parts = dist.gather([(dist.rank(), counts)])
+        block["generation"] = {k: sum(c[k] for _, c in parts) for k in counts}
+    return block
 
 
 def unlearn(task: str | Task, method: str | Method, forget: str | None = None, *, seed: int = 0,
@@ -642,7 +535,7 @@ def unlearn(task: str | Task, method: str | Method, forget: str | None = None, *
     >>> result.report["guarantee"], round(result.report["avg_gap"], 3)              # doctest: +SKIP
     ('approximate', 0.012)
     """
-    task_obj = _as_task(task, task_options or {})
+    task_obj = as_task(task, task_options or {})
     if isinstance(method, Method):
         if config:
             raise ConfigError("config values given for an already built method; build it with them instead")
@@ -683,13 +576,13 @@ def evaluate(task: str | Task, model: torch.nn.Module, forget: str | ForgetReque
     >>> obliviate.evaluate("digits", r.model, "class:3")["forget_acc"]       # doctest: +SKIP
     0.0
     """
-    task_obj = _as_task(task, task_options or {})
+    task_obj = as_task(task, task_options or {})
     request = (forget if isinstance(forget, ForgetRequest)
                else resolve(forget or task_obj.default_forget, task_obj, seed))
     retain_ids = np.setdiff1d(np.arange(task_obj.n_train), request.ids)
     dev = resolve_device(device)
     ref = reference.to(dev) if reference is not None else None
-    return _evaluate(task_obj, model.to(dev), request.ids, retain_ids, seed, dev, False, ref)[0]
+    return pipeline.evaluate_model(task_obj, model.to(dev), request.ids, retain_ids, seed, dev, False, ref)[0]
 
 
 def bench(task: str | Task, methods: list[str], forget: str | None = None, *, seeds: int | list[int] = 1,
@@ -708,7 +601,7 @@ def bench(task: str | Task, methods: list[str], forget: str | None = None, *, se
         raise ObliviateError("--methods needs at least one method name")
     task_name = task if isinstance(task, str) else task.name
     task_opts, recipe_over, per_method = route_overrides(task_name, methods, overrides or {})
-    task_obj = _as_task(task, task_opts)
+    task_obj = as_task(task, task_opts)
     method_objs = [build_method(m, per_method[m], task_obj) for m in methods]
     recipe = task_obj.recipe(recipe_over)
     n_challenge = _check_challenge(challenge, task_obj)

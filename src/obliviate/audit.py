@@ -1,5 +1,5 @@
-"""Removal-versus-suppression audits of a language unlearning method (evaluation.md §12-14; DESIGN.md
-``obliviate audit``, schema ``obliviate.audit/1``).
+"""Removal-versus-suppression audits of a language unlearning method (``obliviate audit``, schema
+``obliviate.audit/1``).
 
 One method is run once on one forget request (through :class:`obliviate.api.Session`, so the original and the
 retrain oracle come from the model cache), and the unlearned model is then probed the ways the SoK (Ren et al.
@@ -39,6 +39,7 @@ import torch
 
 from obliviate.config import as_dict, build_config
 from obliviate.errors import ConfigError, ObliviateError
+from obliviate.seeding import numpy_rng, stream_seed, torch_generator
 
 AUDIT_SCHEMA = "obliviate.audit/1"
 
@@ -66,7 +67,7 @@ class AuditConfig:
 
     relearn_lr: float = field(default=1e-3, metadata={
         "help": "Adam learning rate of the relearning attack (1e-3 suits the authors task's tiny GPT-2; "
-                "evaluation.md §12.1 suggests ~1e-5 for LLMs)", "gt": 0})
+                "~1e-5 is the usual choice for LLMs)", "gt": 0})
     relearn_batch_size: int = field(default=4, metadata={"help": "relearning mini-batch size", "min": 1})
     relearn_fraction: float = field(default=0.5, metadata={
         "help": "fraction of the forget records' sequences (documents + QA pairs) relearned on, seeded",
@@ -186,7 +187,7 @@ def relearn_pairs(task, forget_ids: np.ndarray, fraction: float, seed: int) -> l
     if not seqs:
         return []
     k = max(1, int(round(fraction * len(seqs))))
-    keep = np.sort(np.random.default_rng([seed, 0x2E1EA]).permutation(len(seqs))[:k])
+    keep = np.sort(numpy_rng(seed, 0x2E1EA).permutation(len(seqs))[:k])
     return [seqs[int(j)] for j in keep]
 
 
@@ -219,12 +220,12 @@ def relearn_curve(model, task, forget_ids: np.ndarray, target: float, cfg: Audit
     if not pairs:
         raise ObliviateError("the relearning attack has no forget sequences to fine-tune on")
     encoded = encode_all(tok, pairs, max_length(model))
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + 0x2E1)
+    gen = torch_generator(seed, 0x2E1)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.relearn_lr)
     order: list[int] = []
     step = 0
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(seed * 1_000_003 + 0x2E2)  # dropout, if the model has any
+        torch.manual_seed(stream_seed(seed, 0x2E2))  # dropout, if the model has any
         while step < cfg.max_steps:
             if not order:
                 order = torch.randperm(len(encoded), generator=gen).tolist()
@@ -592,12 +593,13 @@ def audit(task, method, forget: str | None = None, *, seed: int = 0, device: str
     from obliviate import api
     from obliviate.methods import Method
     from obliviate.models.store import ModelStore
+    from obliviate.pipeline import as_task
     from obliviate.requests import resolve
     from obliviate.memory import check_fits
     from obliviate.training import resolve_device
 
     t0 = time.perf_counter()
-    task_obj = api._as_task(task, task_options or {})
+    task_obj = as_task(task, task_options or {})
     require_language(task_obj.name, task_obj.kind)
     if isinstance(method, Method):
         if method_config:

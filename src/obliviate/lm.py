@@ -17,9 +17,12 @@ from obliviate import dist
 from obliviate.training import make_optimizer, progress_bar, seed_everything
 
 IGNORE = -100
+#: the prompt of a question-answer pair (the answer is the completion); here, below the tasks and the tiny models,
+#: because the text tasks, the metrics and the tiny tokenizer's corpus all lay questions out the same way
+QA_PROMPT = "Question: {question}\nAnswer:"
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """transformers warns about padding whenever pad = BOS = EOS (GPT-2 style), even with an attention mask."""
     from transformers.utils import logging
 
@@ -307,7 +310,7 @@ def generate(model, tokenizer, prompts: Sequence[str], device, max_new_tokens: i
     """Greedy (or beam) continuations of ``prompts`` (BOS prepended), decoded without special tokens and cut at
     ``stop``. Left padding + attention mask, KV cache, length-sorted batches; output order = input order."""
     model.eval()
-    _quiet_transformers()
+    quiet_transformers()
     limit = max_length(model)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     # a prompt keeps its last limit − 1 tokens; a batch generates at most what its longest prompt leaves room for

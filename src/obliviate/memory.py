@@ -298,14 +298,14 @@ def estimate(model_config, method, *, device="cpu", dtype: str = "auto", seq_len
 def _estimate(model_config, name, cfg, device, dtype, seq_len, eval_batch_size, world_size, oracle_config,
               n_sequences=None):
     from obliviate import dist
-    from obliviate.tasks.hf import _context_length
+    from obliviate.tasks.hf import context_length
 
     model = skeleton(model_config)
     total = sum(p.numel() for p in model.parameters())
     profile = _profile(name, cfg)
     loaded = loaded_dtype(model_config, dtype)
     vocab = int(model_config.vocab_size)
-    s = int(seq_len or getattr(cfg, "max_length", 0) or _context_length(model_config) or 1024)
+    s = int(seq_len or getattr(cfg, "max_length", 0) or context_length(model_config) or 1024)
     eval_b = int(getattr(cfg, "eval_batch_size", 0) or eval_batch_size)
     oracle = 0
     if oracle_config is not None:

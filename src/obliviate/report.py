@@ -1,5 +1,5 @@
-"""Reports: the JSON documents of DESIGN.md (``obliviate.run/1``, ``obliviate.bench/1``) and one
-self-contained HTML page (plots inlined as SVG) comparing original, unlearned and oracle per metric."""
+"""Reports: the JSON documents (``obliviate.run/1``, built by :func:`obliviate.pipeline.run_report`;
+``obliviate.bench/1``) and one self-contained HTML page (plots inlined as SVG) comparing original, unlearned and oracle per metric."""
 from __future__ import annotations
 
 import html
@@ -7,10 +7,10 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from obliviate.atomic import atomic_write
 from obliviate.errors import ObliviateError
 from obliviate.metrics.gap import HEADLINE
 from obliviate.verdict import bench_verdict, reference, run_verdict
@@ -39,35 +39,23 @@ def check_output_path(path: str | None, flag: str) -> None:
         raise ObliviateError(f"{flag} {path}: {parent} is not writable")
 
 
-def _atomic_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
+#: kept for :mod:`obliviate.exact.cli_s3t` until it imports :func:`obliviate.atomic.atomic_write` itself
+_atomic_text = atomic_write
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _clean(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON has no NaN/inf: write them as null."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
 def write_json(doc: dict[str, Any], path: str | Path) -> None:
-    _atomic_text(path, json.dumps(_clean(doc), indent=2) + "\n")
+    atomic_write(path, json.dumps(json_safe(doc), indent=2) + "\n")
 
 
 # -- HTML ---------------------------------------------------------------------------------------------------
@@ -148,9 +136,13 @@ def _svg_scatter(points: list[tuple[str, float | None, float | None]], xlabel: s
     return svg_of(fig)
 
 
-def _page(title: str, body: str) -> str:
+def html_page(title: str, body: str) -> str:
+    """One self-contained HTML page (the report's CSS inline) around ``body``."""
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>{body}</body></html>\n")
+
+
+_page = html_page  # kept for obliviate.exact.cli_s3t and benchmarks/exact.py (their owners switch)
 
 
 def _run_body(r: dict[str, Any]) -> str:
@@ -335,7 +327,7 @@ def _service_html(r: dict[str, Any]) -> str:
 
 def render_run_html(report: dict[str, Any]) -> str:
     title = f"obliviate — {report['method']} on {report['task']}"
-    return _page(title, f"<h1>{html.escape(title)}</h1>" + _run_body(report))
+    return html_page(title, f"<h1>{html.escape(title)}</h1>" + _run_body(report))
 
 
 def render_bench_html(doc: dict[str, Any]) -> str:
@@ -401,7 +393,7 @@ def render_bench_html(doc: dict[str, Any]) -> str:
             + ("<th>challenge F</th><th>challenge score</th>" if challenge else "") + "</tr>"
             f"{''.join(rows)}</table>{chart_gap}{chart_tradeoff}{chart_metrics}"
             "<h2>Runs</h2>" + "".join(_run_body(r) for r in doc.get("runs", [])))
-    return _page(title, body)
+    return html_page(title, body)
 
 
 # -- removal-vs-suppression audit (obliviate.audit/1) ----------------------------------------------------------------
@@ -530,7 +522,7 @@ def _audit_body(doc: dict[str, Any]) -> str:
             f"on <code>{html.escape(doc['task'])}</code>, forget <code>{html.escape(doc['forget']['spec'])}</code> "
             f"({doc['forget']['n']} records, sha256 {doc['forget']['sha256'][:16]}…), seed {doc['seed']}, device "
             f"{html.escape(str(doc.get('device')))}</p>"
-            "<p class='note'>Pass criterion for a removal claim (evaluation.md §12): every probe within the noise of "
+            "<p class='note'>Pass criterion for a removal claim: every probe within the noise of "
             "the retrained model. Any tripped check makes the verdict suppression-like.</p>"
             f"<h2>Evidence</h2>{evidence}" + _audit_basis_html(doc)
             + _audit_incontext_html(ic) + _audit_relearn_html(rl) + _audit_quantized_html(qz)
@@ -543,7 +535,7 @@ def _audit_body(doc: dict[str, Any]) -> str:
 
 def render_audit_html(doc: dict[str, Any]) -> str:
     title = f"obliviate audit — {doc['method']} on {doc['task']}"
-    return _page(title, f"<h1>{html.escape(title)}</h1>" + _audit_body(doc))
+    return html_page(title, f"<h1>{html.escape(title)}</h1>" + _audit_body(doc))
 
 
 def write_html(doc: dict[str, Any], path: str | Path) -> None:
@@ -554,4 +546,4 @@ def write_html(doc: dict[str, Any], path: str | Path) -> None:
         text = render_audit_html(doc)
     else:
         text = render_run_html(doc)
-    _atomic_text(path, text)
+    atomic_write(path, text)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import random
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -12,12 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from obliviate.errors import ObliviateError
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+from obliviate.seeding import seed_everything
 
 
 def resolve_device(device: str = "cpu") -> torch.device:
@@ -50,7 +44,7 @@ def task_loss(kind: str, model: torch.nn.Module, out: torch.Tensor, y: torch.Ten
 
 
 def gradient_norm_penalty(loss: torch.Tensor, params: list[torch.Tensor], norm: str = "per_tensor") -> torch.Tensor:
-    """IAU's gradient restriction term (methods.md §17): Σ_tensors ‖∇_θ loss‖₂ (``per_tensor``, the official
+    """IAU's gradient restriction term (Liu et al. 2025, official ``train_model.py``): Σ_tensors ‖∇_θ loss‖₂ (``per_tensor``, the official
     ``train_model.py``) or ‖∇_θ loss‖₂ over all parameters at once (``global``, the README's formula).
 
     The gradient is taken with ``create_graph=True`` so the penalty itself can be back-propagated.
@@ -88,14 +82,14 @@ def to_tensors(x: np.ndarray, y: np.ndarray | None, device: torch.device):
     return xt, torch.as_tensor(np.ascontiguousarray(y), dtype=dtype, device=device)
 
 
-def _progress_enabled() -> bool:
+def progress_enabled() -> bool:
     return sys.stderr.isatty() and not os.environ.get("OBLIVIATE_QUIET") and not os.environ.get("CI")
 
 
 @contextmanager
 def progress_bar(description: str, total: int):
     """A rich progress bar on a terminal; a no-op under ``--quiet``, in CI, or when piped."""
-    if not _progress_enabled():
+    if not progress_enabled():
         yield lambda n=1: None
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

@@ -1,4 +1,5 @@
-"""Generation-time suppression of forgotten content: GUARD (methods.md §25) and the in-context filter (§26).
+"""Generation-time suppression of forgotten content: GUARD (Deng et al. 2025, arXiv 2505.13312) and the
+in-context filter (Shumailov et al. 2024, UnUnlearning, arXiv 2407.00106).
 
 * :class:`Guard` — prompt detector (MLP on mean penultimate hidden states) + retrieval of the nearest forget
   record + decoding restriction on its key phrases (:class:`GuardLogitsProcessor`); :meth:`Guard.wrap` gives a

@@ -1,18 +1,19 @@
-"""Configs of GUARD (methods.md §25) and of the in-context filter (§26). The defaults are the proposed design
-of methods.md §25.2 (not from the paper, which publishes none): τ_cls 0.5, MLP d→512→2 with dropout 0.1 trained
-with class-balanced AdamW at lr 1e-3; top-k 20 candidates, λ_sem in 5–10 logits, τ_sem in 0.6–0.7, a window of
-1–3 words. Values not given there are obliviate's and say so."""
+"""Configs of GUARD (Deng et al. 2025, arXiv 2505.13312) and of the in-context filter (UnUnlearning, Shumailov
+et al. 2024, arXiv 2407.00106). The defaults are obliviate's reading of the GUARD design (the paper publishes
+none): τ_cls 0.5, MLP d→512→2 with dropout 0.1 trained with class-balanced AdamW at lr 1e-3; top-k 20
+candidates, λ_sem in 5–10 logits, τ_sem in 0.6–0.7, a window of 1–3 words. Other values are obliviate's and say
+so."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
+from obliviate.config import Validated
 from obliviate.errors import ConfigError
-from obliviate.methods.base import MethodConfig
 
 
 @dataclass
-class PhraseConfig(MethodConfig):
+class PhraseConfig(Validated):
     """Forbidden phrases of a forget record and the decoding restriction built on them (shared by GUARD and the
     filter's ``guard`` action)."""
 
@@ -51,7 +52,7 @@ class PhraseConfig(MethodConfig):
 
 @dataclass
 class GuardConfig(PhraseConfig):
-    """GUARD: prompt detector + forbidden phrases + decoding restriction (methods.md §25.2). The detector's
+    """GUARD: prompt detector + forbidden phrases + decoding restriction (the GUARD paper's pipeline). The detector's
     training fields are ``detector_*`` so that ``--set lr=...`` in a bench never reaches them."""
 
     threshold: float = field(default=0.5, metadata={"help": "τ_cls: a prompt is a forget target iff p(f|z) > τ",
@@ -79,7 +80,7 @@ class GuardConfig(PhraseConfig):
 
 @dataclass
 class FilterConfig(PhraseConfig):
-    """In-context filter against re-introduction of forgotten content (methods.md §26; thresholds are obliviate's,
+    """In-context filter against re-introduction of forgotten content (UnUnlearning; thresholds are obliviate's,
     set on all-MiniLM-L6-v2: a pasted or reworded forget sentence scores ≥ 0.9, a plain question naming a forget
     subject ≈ 0.75, another subject's sentence on the same template < 0.5)."""
 

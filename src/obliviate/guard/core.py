@@ -1,4 +1,4 @@
-"""GUARD around any Hugging Face causal LM (methods.md §25): detect prompts that target forgotten records,
+"""GUARD around any Hugging Face causal LM (Deng et al. 2025, arXiv 2505.13312): detect prompts that target forgotten records,
 retrieve the nearest forget record, and decode under a restriction that forbids its key phrases.
 
 >>> guard = Guard(model, tokenizer, forget=forget_records, retain=retain_records)   # doctest: +SKIP

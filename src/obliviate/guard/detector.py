@@ -1,4 +1,4 @@
-"""GUARD's prompt detector (methods.md §25.1): z = mean of the frozen LM's penultimate-layer hidden states under
+"""GUARD's prompt detector (GUARD, Deng et al. 2025, arXiv 2505.13312): z = mean of the frozen LM's penultimate-layer hidden states under
 the attention mask, p(f | z) = softmax(MLP(z)); an MLP d→hidden→2 (ReLU, dropout) trained class-balanced with
 AdamW on forget-target prompts (label 1) vs retain and general prompts (label 0). Features are standardised with
 the training set's mean and standard deviation (kept as buffers)."""
@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from obliviate.lm import pad_right
+from obliviate.seeding import numpy_rng
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], limit: int) -> list[list[int]]:
@@ -104,7 +105,7 @@ def train_detector(x: torch.Tensor, y: torch.Tensor, config, seed: int) -> Detec
 def grouped_split(labels: np.ndarray, groups: Sequence, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) indices: per class, whole groups go to the test side (about ``fraction`` of the groups, at
     least one, never all)."""
-    rng = np.random.default_rng([seed, 0x6A2D])
+    rng = numpy_rng(seed, 0x6A2D)
     test = []
     for c in (0, 1):
         gs = list(dict.fromkeys(g for g, l in zip(groups, labels) if l == c))

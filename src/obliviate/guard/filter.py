@@ -1,4 +1,4 @@
-"""Content filter against in-context re-introduction of forgotten content (UnUnlearning, methods.md §26).
+"""Content filter against in-context re-introduction of forgotten content (UnUnlearning, Shumailov et al. 2024, arXiv 2407.00106).
 
 A prompt is split into sentences (and lines). A sentence of at least ``min_words`` words is flagged when
 

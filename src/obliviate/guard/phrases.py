@@ -1,6 +1,6 @@
 """Forget records, the prompts derived from them, their key phrases and the token sequences that spell them.
 
-Key phrases of a record (methods.md §25.2 step 2, without an LLM or spaCy): its subject's name and each part of
+Key phrases of a record (the paper's key-phrase step, without an LLM or spaCy): its subject's name and each part of
 it, every QA answer (and, with ``answer_words``, each content word of it), every number of its text, and the word
 n-grams (n ≤ ``max_ngram``) of its text that are rare in the corpus (at most max(1, rare_df × records) records
 contain them). Each phrase is spelled in every surface variant — as written, capitalised, lower case, title

@@ -1,4 +1,4 @@
-"""GUARD's decoding restriction as a ``transformers`` ``LogitsProcessor`` (methods.md §25.2 step 3).
+"""GUARD's decoding restriction as a ``transformers`` ``LogitsProcessor`` (the paper's decoding step).
 
 For every row (batch item × beam) restricted by a forget record's phrases:
 

@@ -14,12 +14,12 @@ guarded model directory as holding that content.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from obliviate.atomic import atomic_write
 from obliviate.errors import IntegrityError, ObliviateError
 
 GUARD_FORMAT = "obliviate.guard/1"
@@ -38,12 +38,6 @@ def base_weights(path: Path) -> dict[str, str]:
     return {f.name: _sha256(f) for f in sorted(Path(path).glob("*.safetensors")) if f.name != GUARD_TENSORS}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def save_guard(guard, path: str | Path) -> dict[str, Any]:
     """Write ``guard`` into the model directory ``path`` (the base model already saved there); returns the JSON
     document written."""
@@ -58,7 +52,7 @@ def save_guard(guard, path: str | Path) -> dict[str, Any]:
     tensors["retrieval.keys"] = guard._key_emb.detach().float().cpu().contiguous()
     tensors["retrieval.owner"] = torch.as_tensor(guard._key_owner, dtype=torch.int64).contiguous()
     blob = save_tensors(tensors, metadata={"format": GUARD_FORMAT})
-    _write_atomic(path / GUARD_TENSORS, blob)
+    atomic_write(path / GUARD_TENSORS, blob)
     doc = {"format": GUARD_FORMAT, "method": "guard", "guarantee": "suppression",
            "config": as_dict(guard.config),
            "detector": {"dim": int(linear[0].in_features), "hidden": int(linear[0].out_features),
@@ -68,7 +62,7 @@ def save_guard(guard, path: str | Path) -> dict[str, Any]:
            "base_weights": base_weights(path),
            "note": "the weights are the unguarded model's; GUARD acts at generation time only (obliviate.guard."
                    "load_guarded restores it); the phrases are the forgotten records' own key phrases"}
-    _write_atomic(path / GUARD_JSON, json.dumps(doc, indent=2, default=str).encode())
+    atomic_write(path / GUARD_JSON, json.dumps(doc, indent=2, default=str))
     return doc
 
 

@@ -105,12 +105,12 @@ def open_service(data_dir: str | Path | None = None, db: str | None = None, mode
 def _claim_model_dir(model_dir: Path, deployment: dict[str, Any]) -> None:
     """A model directory belongs to one deployment: the worker deletes version files its ledger never recorded, so a
     second deployment (of this or another ledger) there would delete the first one's models."""
-    from obliviate.ledger.deployment import atomic_write_bytes
+    from obliviate.atomic import atomic_write
 
     marker = model_dir / "deployment.json"
     mine = {"deployment": deployment["name"], "created_at": deployment["created_at"]}
     if not marker.is_file():
-        atomic_write_bytes(marker, (json.dumps(mine, indent=2) + "\n").encode())
+        atomic_write(marker, json.dumps(mine, indent=2) + "\n")
         return
     try:
         theirs = json.loads(marker.read_text())

@@ -176,7 +176,8 @@ def export_cmd(out_path: str = typer.Option(..., "--out", help="file to write (.
     """The audit trail for an auditor: requests (evidence, never the deleted ids), model versions, the event log
     and the chain check."""
     from obliviate.ledger.store import Ledger
-    from obliviate.report import _atomic_text, check_output_path
+    from obliviate.atomic import atomic_write
+    from obliviate.report import check_output_path
 
     fmt = (fmt or Path(out_path).suffix.lstrip(".") or "json").lower()
     if fmt not in ("json", "csv"):
@@ -188,7 +189,7 @@ def export_cmd(out_path: str = typer.Option(..., "--out", help="file to write (.
     finally:
         ledger.close()
     if fmt == "json":
-        _atomic_text(out_path, json.dumps(doc, indent=2) + "\n")
+        atomic_write(out_path, json.dumps(doc, indent=2) + "\n")
     else:
         buf = io.StringIO()
         cols = ["id", "status", "deployment", "spec", "n_ids", "ids_sha256", "subject_sha256", "idempotency_key",
@@ -198,7 +199,7 @@ def export_cmd(out_path: str = typer.Option(..., "--out", help="file to write (.
         w.writeheader()
         for r in doc["requests"]:
             w.writerow(r)
-        _atomic_text(out_path, buf.getvalue())
+        atomic_write(out_path, buf.getvalue())
     chain = doc["chain"]
     print(f"wrote {out_path}: {len(doc['requests'])} requests, {len(doc['versions'])} versions, "
           f"{len(doc['events'])} events; chain {'intact' if chain['ok'] else 'TAMPERED'} (head {chain['head_hash'][:16]}…)")

@@ -8,11 +8,9 @@ written atomically (temp file, fsync, rename, fsync of the directory); a version
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import struct
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from obliviate.atomic import atomic_write
 from obliviate.config import as_dict, build_config
 from obliviate.distributed import Runtime
 from obliviate.errors import ConfigError, IntegrityError, ObliviateError
@@ -98,33 +97,6 @@ def new_version_id(prefix: str = "v") -> str:
     return f"{prefix}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, blob: bytes) -> None:
-    """Temp file in the same directory, fsync, rename over the target, fsync the directory: after a crash the
-    path holds either nothing or the complete file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def read_metadata(blob: bytes) -> dict[str, str]:
     (n,) = struct.unpack("<Q", blob[:8])
     return json.loads(blob[8:8 + n]).get("__metadata__", {}) or {}
@@ -161,7 +133,7 @@ class ModelManager:
         blob = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                        metadata={"obliviate": json.dumps({"format": FORMAT, **info}, sort_keys=True)})
         path = self.versions_dir / f"{vid}.safetensors"
-        atomic_write_bytes(path, blob)
+        atomic_write(path, blob)
         return str(path), hashlib.sha256(blob).hexdigest()
 
     def load(self, version: dict[str, Any]) -> VersionState:
@@ -188,9 +160,9 @@ class ModelManager:
 
     def _save_model(self, vid: str, model: torch.nn.Module, deleted: np.ndarray, method: str,
                     **extra: Any) -> tuple[str, str]:
-        from obliviate.models.store import _cpu_state
+        from obliviate.models.store import cpu_state
 
-        return self._write(vid, _cpu_state(model), {"kind": "model", "method": method,
+        return self._write(vid, cpu_state(model), {"kind": "model", "method": method,
                                                     "deleted": np.asarray(deleted).tolist(), **extra})
 
     def _save_system(self, vid: str, system, deleted: np.ndarray, **extra: Any) -> tuple[str, str]:
@@ -223,7 +195,7 @@ class ModelManager:
 
     def apply(self, state: VersionState, new_ids: np.ndarray) -> Candidate:
         """Delete ``new_ids`` from ``state`` with the configured method into a new version file."""
-        from obliviate.api import _apply, _context
+        from obliviate.pipeline import apply_method, build_context
 
         vid = new_version_id()
         deleted = np.union1d(state.deleted, new_ids)
@@ -231,11 +203,11 @@ class ModelManager:
             raise ObliviateError(f"deleting these {len(new_ids)} ids would leave no training data "
                                  f"({self.n_train} examples, {state.deleted.size} deleted before)")
         request = ForgetRequest(f"ids ({len(new_ids)})", np.asarray(new_ids, dtype=np.int64))
-        ctx = _context(self.task, self.method, state.model, request, self.recipe, self.config.seed, self.device,
+        ctx = build_context(self.task, self.method, state.model, request, self.recipe, self.config.seed, self.device,
                        self.runtime, retain_ids=self.alive(deleted))
         if state.system is not None:
             ctx.extras["system"] = state.system
-        model, seconds = _apply(self.method, ctx, request)
+        model, seconds = apply_method(self.method, ctx, request)
         cost = ctx.extras.get("cost")
         if state.system is not None:
             path, sha = self._save_system(vid, state.system, deleted, cost=cost, unlearn_s=seconds)
@@ -264,10 +236,9 @@ class ModelManager:
         """The ``obliviate.run/1`` report of one new version: metrics of the previous version (``original``),
         the new one (``unlearned``) and, where affordable, a model retrained without everything deleted so far
         (``oracle``), on the ids this version newly deleted; plus the service's pass/fail checks."""
-        from obliviate.api import _evaluate, _versions
-        from obliviate.metrics import avg_gap, gaps
         from obliviate.models.store import ModelStore
         from obliviate.oracle import retrain_oracle
+        from obliviate.pipeline import evaluate_model, oracle_gap, run_report, software_versions
 
         task, seed, dev = self.task, self.config.seed, self.device
         forget = np.setdiff1d(after.deleted, before.deleted)
@@ -287,32 +258,28 @@ class ModelManager:
             times["oracle"] = time.perf_counter() - start
         metrics: dict[str, dict[str, float]] = {}
         if forget.size:
-            metrics["original"] = _evaluate(task, before.model, forget, retain, seed, dev, False, oracle)[0]
-            metrics["unlearned"] = _evaluate(task, after.model, forget, retain, seed, dev, False, oracle)[0]
+            metrics["original"] = evaluate_model(task, before.model, forget, retain, seed, dev, False, oracle)[0]
+            metrics["unlearned"] = evaluate_model(task, after.model, forget, retain, seed, dev, False, oracle)[0]
             if oracle is not None:
-                metrics["oracle"] = _evaluate(task, oracle, forget, retain, seed, dev, False, oracle)[0]
-        gap = gaps(metrics["unlearned"], metrics["oracle"]) if "oracle" in metrics else {}
+                metrics["oracle"] = evaluate_model(task, oracle, forget, retain, seed, dev, False, oracle)[0]
+        gap, avg = oracle_gap(metrics, task.kind)
         checks = self._checks(metrics, gap, version["guarantee"], cost, int(forget.size), version["method"])
         passed = all(c["passed"] for c in checks)
-        report = {
-            "schema": "obliviate.run/1", "task": task.name, "task_kind": task.kind, "method": version["method"],
-            "guarantee": version["guarantee"], "seed": seed, "device": dev.type,
-            "forget": {"spec": f"deletion batch {batch_id}" if batch_id else "scheduled retrain",
-                       "n": int(forget.size), "sha256": ids_sha256(forget)},
-            "retain": {"n": int(retain.size)},
-            "config": as_dict(self.method.config) if version["method"] == self.method.name else {},
-            "train": as_dict(self.recipe), "task_options": as_dict(task.options),
-            "metrics": metrics, "gap": gap, "avg_gap": avg_gap(gap, task.kind) if gap else None,
-            "time_s": times,
-            "models": {"original": {"sha256": before.sha256, "version": version.get("parent")},
-                       "unlearned": {"sha256": after.sha256, "version": version["id"]}},
-            "versions": _versions(task.kind),
-            "service": {"deployment": self.config.name, "batch_id": batch_id, "requests": list(request_ids),
-                        "version_before": version.get("parent"), "version_after": version["id"],
-                        "n_deleted_total": int(after.deleted.size), "checks": checks, "passed": passed},
-        }
-        if cost:
-            report["exact"] = cost
+        report = run_report(
+            task, version["method"], version["guarantee"],
+            {"spec": f"deletion batch {batch_id}" if batch_id else "scheduled retrain", "n": int(forget.size),
+             "sha256": ids_sha256(forget)},
+            seed=seed, device=dev.type, retain_n=retain.size,
+            config=as_dict(self.method.config) if version["method"] == self.method.name else {},
+            train=as_dict(self.recipe), task_options=as_dict(task.options), metrics=metrics, gap=gap,
+            avg_gap=avg, time_s=times,
+            models={"original": {"sha256": before.sha256, "version": version.get("parent")},
+                    "unlearned": {"sha256": after.sha256, "version": version["id"]}},
+            versions=software_versions(task.kind),
+            service={"deployment": self.config.name, "batch_id": batch_id, "requests": list(request_ids),
+                     "version_before": version.get("parent"), "version_after": version["id"],
+                     "n_deleted_total": int(after.deleted.size), "checks": checks, "passed": passed},
+            exact=cost or None)
         return report, passed
 
     def _checks(self, metrics, gap, guarantee: str, cost, n_forget: int, version_method: str) -> list[dict[str, Any]]:

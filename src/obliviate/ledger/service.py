@@ -1,4 +1,4 @@
-"""The REST service (DESIGN.md, "REST service"): FastAPI over the ledger, with bearer-token auth, a request size
+"""The REST service (README "Deletion service"): FastAPI over the ledger, with bearer-token auth, a request size
 limit, strict validation and idempotency keys. A request is committed to the ledger before ``202`` is sent, so
 an accepted request survives any crash after that.
 """

@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from obliviate.atomic import atomic_write
 from obliviate.errors import IntegrityError, ObliviateError
-from obliviate.ledger.deployment import ModelManager, VersionState, atomic_write_bytes
+from obliviate.ledger.deployment import ModelManager, VersionState
 from obliviate.ledger.store import MAX_ATTEMPTS, OPEN, Claimed, Ledger, LedgerError, sha256_text
+from obliviate.pipeline import run_report
 
 log = logging.getLogger("obliviate.worker")
 
@@ -199,26 +201,24 @@ class Worker:
         if retry:
             self.ledger.requeue([r for r in retry if self.ledger.request(r)["status"] != "queued"], reason)
         if give_up:
-            report = {"schema": "obliviate.run/1", "task": self.manager.task.name,
-                      "task_kind": self.manager.task.kind, "method": self.manager.method.name,
-                      "guarantee": self.manager.method.guarantee, "forget": {"spec": "failed request", "n": 0,
-                                                                             "sha256": sha256_text("")},
-                      "metrics": {}, "gap": {}, "avg_gap": None,
-                      "service": {"deployment": self.name, "requests": give_up, "checks": [], "passed": False,
-                                  "note": f"not deleted: {reason}"}}
+            report = run_report(self.manager.task, self.manager.method.name, self.manager.method.guarantee,
+                                {"spec": "failed request", "n": 0, "sha256": sha256_text("")},
+                                metrics={}, gap={}, avg_gap=None,
+                                service={"deployment": self.name, "requests": give_up, "checks": [],
+                                         "passed": False, "note": f"not deleted: {reason}"})
             path, sha = self._write_report(f"failed-{secrets.token_hex(6)}", report)
             self.ledger.fail(give_up, reason, path, sha)
 
     def _noop(self, claimed: Claimed, serving: dict[str, Any]) -> None:
         """Every id was already deleted by earlier requests: nothing to train; the report says so."""
         rids = [r["id"] for r in claimed.requests]
-        report = {"schema": "obliviate.run/1", "task": self.manager.task.name, "task_kind": self.manager.task.kind,
-                  "method": serving["method"], "guarantee": serving["guarantee"],
-                  "forget": {"spec": f"deletion batch {claimed.batch_id}", "n": 0, "sha256": sha256_text("")},
-                  "metrics": {}, "gap": {}, "avg_gap": None,
-                  "service": {"deployment": self.name, "batch_id": claimed.batch_id, "requests": rids,
-                              "version_before": serving["id"], "version_after": serving["id"], "checks": [],
-                              "passed": True, "note": "every id was already deleted from the serving version"}}
+        report = run_report(self.manager.task, serving["method"], serving["guarantee"],
+                            {"spec": f"deletion batch {claimed.batch_id}", "n": 0, "sha256": sha256_text("")},
+                            metrics={}, gap={}, avg_gap=None,
+                            service={"deployment": self.name, "batch_id": claimed.batch_id, "requests": rids,
+                                     "version_before": serving["id"], "version_after": serving["id"],
+                                     "checks": [], "passed": True,
+                                     "note": "every id was already deleted from the serving version"})
         path, sha = self._write_report(f"noop-{claimed.batch_id}", report)
         self.ledger.close_noop(rids, serving, path, sha)
 
@@ -289,11 +289,11 @@ class Worker:
         return True
 
     def _write_report(self, stem: str, report: dict[str, Any]) -> tuple[str, str]:
-        from obliviate.report import _clean, render_run_html
+        from obliviate.report import json_safe, render_run_html
 
-        text = json.dumps(_clean(report), indent=2, default=str) + "\n"
+        text = json.dumps(json_safe(report), indent=2, default=str) + "\n"
         path = self.manager.reports_dir / f"{stem}.json"
-        atomic_write_bytes(path, text.encode())
-        atomic_write_bytes(self.manager.reports_dir / f"{stem}.html", render_run_html(report).encode())
+        atomic_write(path, text)
+        atomic_write(self.manager.reports_dir / f"{stem}.html", render_run_html(report))
         return str(path), sha256_text(text)
 

@@ -75,9 +75,9 @@ def sample(model, tokenizer, prompts: Sequence[list[int]], n: int, temperature: 
     """``n`` sampled continuations of each prompt (left padding, KV cache), cut at :data:`STOPS`. The global RNG
     is seeded with ``seed`` inside a forked state, so the samples depend on the seed only (same device, same
     batches) and the caller's RNG is left as it was."""
-    from obliviate.lm import _quiet_transformers
+    from obliviate.lm import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     device = torch.device(device)
     was = model.training
     model.eval()

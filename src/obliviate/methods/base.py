@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from obliviate.config import Validated
+from obliviate.seeding import torch_generator
 
 Guarantee = Literal["exact", "certified", "approximate", "suppression"]
 GUARANTEES = ("exact", "certified", "approximate", "suppression")
@@ -52,7 +53,7 @@ class UnlearnContext:
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator seeded from the run seed: every random choice of a method goes through one."""
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + 17 + offset)
+        return torch_generator(self.seed, 17 + offset)
 
 
 class Method:

@@ -1,4 +1,4 @@
-"""The NeurIPS 2023 Machine Unlearning Challenge metric (evaluation.md §3), as pure functions of arrays.
+"""The NeurIPS 2023 Machine Unlearning Challenge metric (its official scoring notebook), as pure functions of arrays.
 
 Given the logit-scaled confidence of every forget example under N models retrained without the forget set and
 N models produced by running the unlearning algorithm N times from one original, each example gets an

@@ -11,6 +11,7 @@ import numpy as np
 from obliviate.metrics import classification as C
 from obliviate.metrics import mia as M
 from obliviate.metrics import regression as R
+from obliviate.seeding import numpy_rng
 from obliviate.training import predict
 
 
@@ -29,6 +30,17 @@ METRICS: dict[tuple[str, str], Metric] = {}  # (kind, name) -> metric
 
 def metrics_for(kind: str) -> dict[str, Metric]:
     return {name: m for (k, name), m in METRICS.items() if k == kind}
+
+
+#: per-example values kept beside the aggregates, per task kind (the language metrics register theirs)
+PER_EXAMPLE: dict[str, Callable[..., dict[str, list]]] = {}
+
+
+def per_example_for(kind: str):
+    def deco(fn):
+        PER_EXAMPLE[kind] = fn
+        return fn
+    return deco
 
 
 def metric(name: str, kinds: tuple[str, ...], needs: tuple[str, ...], help: str = "", target: str = "oracle"):
@@ -92,10 +104,8 @@ class Evaluation:
         return {n: v for n, v in values.items() if v is not None}  # None: not applicable to this forget set
 
     def per_example(self) -> dict[str, list[float]]:
-        if self.task.kind == "language":
-            from obliviate.metrics.language import per_example
-
-            return per_example(self)
+        if self.task.kind in PER_EXAMPLE:
+            return PER_EXAMPLE[self.task.kind](self)
         f = self.artifact("forget")
         if self.task.kind == "classification":
             return {"forget_confidence": np.round(f.confidence, 6).tolist(),
@@ -117,8 +127,8 @@ def _outputs(ids_attr: str | None):
 
 
 def _mia_shadow(ev: Evaluation):
-    """Members/non-members for the attack, subsampled with the evaluation seed (evaluation.md §0.3)."""
-    rng = np.random.default_rng([ev.seed, 0x111A])
+    """Members/non-members for the attack, subsampled with the evaluation seed (SalUn's MIA-efficacy protocol)."""
+    rng = numpy_rng(ev.seed, 0x111A)
     retain, test = ev.artifact("retain"), ev.artifact("test")
     if ev.task.kind == "classification":
         pos = M.balanced_sample(len(retain.y), len(test.y), rng)
@@ -200,7 +210,7 @@ def _mia_cls(shadow, f):
 
 
 @metric("test_acc_forgotten", _CLS, ("test", "forgotten_classes"),
-        "class-wise forgetting only: test accuracy on the forgotten classes (evaluation.md §1)")
+        "class-wise forgetting only: test accuracy on the forgotten classes")
 def _test_acc_forgotten(t, classes):
     mask = np.isin(t.y, classes)
     return C.accuracy(t.pred[mask], t.y[mask]) if classes.size and mask.any() else None
@@ -233,7 +243,7 @@ def _mia_reg(shadow, f):
     return M.regression_mia(shadow[0], shadow[1], f.abs_err)
 
 
-# -- measured against the oracle (evaluation.md §4; §7 for regression) ----------------------------------------
+# -- measured against the oracle (Bad Teacher's JS / ZRF; Deep Regression Unlearning for regression) ----------------------------------------
 
 @metric("js_to_oracle", _CLS, ("forget", "reference_forget"),
         "mean Jensen–Shannon divergence (nats) between the model's and the oracle's softmax on the forget set")

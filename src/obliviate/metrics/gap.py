@@ -1,4 +1,4 @@
-"""Gap to the retrain oracle (SalUn's Avg. Gap, evaluation.md §6)."""
+"""Gap to the retrain oracle (SalUn's Avg. Gap: Fan et al., ICLR 2024, arXiv 2310.12508)."""
 from __future__ import annotations
 
 import math

@@ -14,7 +14,7 @@ facts), VerbMem's (prompt, ground truth) pairs (MUSE's ``verbmem/forget.json``) 
 ``privleak/*.json``). Every QA prompt is the task's template (:class:`~obliviate.tasks.text.PromptTemplate`), the
 same layout the methods train with.
 
-Conventions (evaluation.md §9–§11): VerbMem = ROUGE-L F1 (MUSE: no stemmer) of the greedy continuation
+Conventions (MUSE, TOFU and OpenUnlearning, as in their official code): VerbMem = ROUGE-L F1 (MUSE: no stemmer) of the greedy continuation
 (≤ 128 new tokens) against the ground truth cut to 128 model tokens; KnowMem = ROUGE-L F1 of the greedy answer
 (≤ 32 tokens, MUSE post-processing) to the few-shot prompt; PrivLeak = (AUC − AUC_oracle)/AUC_oracle × 100 with
 MUSE's Min-40 % attack on forget vs holdout (−100 = memorised); TOFU ROUGE = ROUGE-L recall with the Porter
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from obliviate.metrics import muse, tofu
-from obliviate.metrics.core import ARTIFACTS, Evaluation, metric
+from obliviate.metrics.core import ARTIFACTS, Evaluation, metric, per_example_for
 from obliviate.tasks.text import TEMPLATES, QA_PROMPT
 
 _LM = ("language",)
@@ -537,6 +537,7 @@ def _privleak_ou(m, ref_auc_ou):
 
 # -- per-example values -------------------------------------------------------------------------------------------
 
+@per_example_for("language")
 def per_example(ev: Evaluation) -> dict[str, list]:
     """Per forget record / QA values kept beside the aggregates."""
     out: dict[str, list] = {}

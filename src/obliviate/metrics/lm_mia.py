@@ -1,4 +1,4 @@
-"""OpenUnlearning's six LLM membership-inference attacks (evaluation.md §11; locuslab/open-unlearning
+"""OpenUnlearning's six LLM membership-inference attacks (locuslab/open-unlearning
 ``src/evals/metrics/mia/``) as plain per-sample score functions, plus its AUC.
 
 Every score is *loss-like*: higher = less member-like (the model finds the text harder). Inputs are what

@@ -1,4 +1,5 @@
-"""Population membership-inference attacks used as forgetting metrics (evaluation.md §2.1, §7.2)."""
+"""Population membership-inference attacks used as forgetting metrics (SalUn's MIA-efficacy; Deep Regression
+Unlearning's loss-based attack for regression)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""MUSE six-way evaluation metrics (evaluation.md §9) as pure functions of strings and arrays.
+"""MUSE six-way evaluation metrics as pure functions of strings and arrays.
 
 Shi et al., ICLR 2025 (arXiv 2407.06460); official code swj0419/muse_bench (``metrics/``, ``eval.py``). No model code
 lives here: the caller generates text / computes token log-probs and passes the results in.
@@ -10,7 +10,7 @@ lives here: the caller generates text / computes token log-probs and passes the 
   (label 1) with the score negated (:func:`mia_auc`), then the relative difference to the retrained model's AUC
   (:func:`privleak`). The MUSE constants are ``AUC_RETRAIN["News"]["forget_holdout_Min-40%"] = 0.4772`` and
   ``["Books"][...] = 0.5393`` (:data:`AUC_RETRAIN`; the official ``eval.py`` indexes this dict without the dataset
-  level, a ``KeyError`` — see evaluation.md §9.9 trap 1).
+  level, a ``KeyError``).
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def min_k_percent(token_logprobs: np.ndarray, k: float = 0.4) -> float:
     log-probs, i.e. the mean NLL of the k-fraction least likely tokens. Lower = more member-like.
 
     ``k`` is a fraction (MUSE's ``Min-40%`` is ``k=0.4``); the count is ``int(len(lp) * k)`` as in MUSE, truncating.
-    Guard (evaluation.md §9.9 trap 4): when that count is 0 (very short texts) MUSE takes the mean of an empty slice
+    Guard: when that count is 0 (very short texts) MUSE takes the mean of an empty slice
     and gets NaN; here the single smallest log-prob is used instead. Empty input → NaN.
 
     >>> min_k_percent(np.array([-1.0, -2.0, -3.0, -4.0, -5.0]), k=0.4)   # int(5·0.4) = 2 → −mean(−5, −4)

@@ -1,4 +1,4 @@
-"""Relearn time and the anamnesis index (AIN) (evaluation.md §5 and §7.3).
+"""Relearn time and the anamnesis index (AIN).
 
 rt(M) = the number of mini-batch fine-tuning steps after which M's forget metric is back within α of the
 original model's; AIN = rt(unlearned) / rt(retrained oracle). AIN ≈ 1 is ideal, AIN ≪ 1 means the forgotten
@@ -9,7 +9,7 @@ Two forms, following the official code of each paper:
 - **classification** (Chundawat et al., "Zero-shot machine unlearning", ayushkumartarun/zero-shot-unlearning
   ``metrics.py``: ``relearn_time`` / ``ain``): target accuracy ``(1 − α) · Acc(original, forget)`` with
   ``error_range`` α = 0.05 (a *relative* band), Adam lr 1e-3, batch 256, the forget accuracy evaluated after every
-  step. obliviate fine-tunes on the **forget set** (evaluation.md §5: "fine-tuning steps on the forget data") and
+  step. obliviate fine-tunes on the **forget set** ("fine-tuning steps on the forget data") and
   measures accuracy on the forget set. Unverified: the paper's exact wording of "within α" — the code's
   multiplicative (1 − α) form is used — and which data the code relearns on (``ain`` takes ``train_data`` but its
   body reads a global ``train_ds``, and no notebook in the repository calls it).
@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from obliviate.seeding import stream_seed, torch_generator
 from obliviate.training import batches, predict, task_loss, to_tensors
 
 DEFAULT_LR = {"classification": 1e-3, "regression": 1e-2}
@@ -112,10 +113,10 @@ def relearn_time(model: torch.nn.Module, task, forget_ids: np.ndarray, target: f
     if reached(kind, value, target):
         return RelearnResult(0, False, start, value, target)
     xt, yt = to_tensors(x_fit, y_fit, device)
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + 0xA11)
+    gen = torch_generator(seed, 0xA11)
     steps = 0
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(seed * 1_000_003 + 0xA12)  # dropout, if the model has any
+        torch.manual_seed(stream_seed(seed, 0xA12))  # dropout, if the model has any
         opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate(kind))
         while steps < config.max_steps:
             for idx in batches(len(xt), config.batch_size, gen):

@@ -1,4 +1,4 @@
-"""TOFU and OpenUnlearning LLM metrics (evaluation.md §10, §11) as pure functions of arrays.
+"""TOFU and OpenUnlearning LLM metrics as pure functions of arrays.
 
 Maini et al. 2024 (arXiv 2401.06121); definitions follow locuslab/open-unlearning ``src/evals/metrics/``
 (``memorization.py``, ``privacy.py``, ``utils.py``). Inputs are per-sample numbers the caller computed with a model:

@@ -10,13 +10,13 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
 
+from obliviate.atomic import atomic_write
 from obliviate.errors import IntegrityError, ObliviateError
 
 
@@ -28,25 +28,7 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """CPU copies of the state dict; tensors that share storage (a language model's tied input and output
     embeddings) are cloned, since safetensors refuses shared memory."""
     out, seen = {}, set()
@@ -61,7 +43,7 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _serialize(model: torch.nn.Module, metadata: dict[str, str] | None = None) -> bytes:
-    return save(_cpu_state(model), metadata=metadata or {})
+    return save(cpu_state(model), metadata=metadata or {})
 
 
 def state_sha256(model: torch.nn.Module) -> str:
@@ -73,9 +55,9 @@ def save_state_file(model: torch.nn.Module, path: str | Path, metadata: dict[str
     """Write ``model.state_dict()`` as safetensors (atomically) plus ``<path>.sha256``; return the hash."""
     path = Path(path)
     blob = _serialize(model, metadata)
-    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
+    atomic_write(path, blob)
     digest = sha256_file(path)
-    _atomic_write(Path(f"{path}.sha256"), lambda tmp: Path(tmp).write_text(f"{digest}  {path.name}\n"))
+    atomic_write(Path(f"{path}.sha256"), f"{digest}  {path.name}\n")
     return digest
 
 
@@ -132,7 +114,7 @@ class ModelStore:
             return dict(meta, sha256=state_sha256(model), key=key)
         weights, meta_path = self._paths(key)
         meta = dict(meta, sha256=save_state_file(model, weights), key=key)
-        _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
+        atomic_write(meta_path, json.dumps(meta, indent=2, default=str))
         return meta
 
     # -- whole systems (SISA/S3T checkpoints): many tensors in one safetensors file + JSON metadata ------------
@@ -161,7 +143,7 @@ class ModelStore:
         meta = dict(meta, sha256=digest, key=key)
         if self.enabled:
             weights, meta_path = self._paths(key)
-            _atomic_write(weights, lambda tmp: Path(tmp).write_bytes(blob))
-            _atomic_write(Path(f"{weights}.sha256"), lambda tmp: Path(tmp).write_text(f"{digest}  {weights.name}\n"))
-            _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
+            atomic_write(weights, blob)
+            atomic_write(Path(f"{weights}.sha256"), f"{digest}  {weights.name}\n")
+            atomic_write(meta_path, json.dumps(meta, indent=2, default=str))
         return meta

@@ -13,7 +13,7 @@ SPECIAL = "<|endoftext|>"
 
 def corpus_texts(data) -> list[str]:
     """Every string the models will read or score: documents, questions, answers and their variants."""
-    from obliviate.tasks.text import QA_PROMPT
+    from obliviate.lm import QA_PROMPT
 
     out = []
     for r in [*data.train, *data.holdout]:
@@ -80,7 +80,8 @@ def save_hf_dir(model, tokenizer, path: str | Path, max_shard_size: int | str = 
     import hashlib
     import json
 
-    from obliviate.models.store import _atomic_write, sha256_file
+    from obliviate.atomic import atomic_write
+    from obliviate.models.store import sha256_file
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ def save_hf_dir(model, tokenizer, path: str | Path, max_shard_size: int | str = 
     for name in names:
         weights = path / name
         digest = sha256_file(weights)
-        _atomic_write(Path(f"{weights}.sha256"), lambda tmp, d=digest, n=name: Path(tmp).write_text(f"{d}  {n}\n"))
+        atomic_write(Path(f"{weights}.sha256"), f"{digest}  {name}\n")
         digests.append((name, digest))
     if len(digests) == 1:
         return digests[0][1]

@@ -242,11 +242,11 @@ class ModelDir:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
-        from obliviate.training import _progress_enabled
+        from obliviate.training import progress_enabled
 
         self.verify()
         bars = hf_logging.is_progress_bar_enabled()
-        if bars and not _progress_enabled():  # transformers' loading bar only where obliviate shows its own
+        if bars and not progress_enabled():  # transformers' loading bar only where obliviate shows its own
             hf_logging.disable_progress_bar()
         try:
             model = AutoModelForCausalLM.from_pretrained(str(self.path), config=copy.deepcopy(self.config),
@@ -373,7 +373,7 @@ def load_tokenizer(d: Path):
         raise ObliviateError(f"cannot load the tokenizer in {d}: {_first_line(exc)}") from None
 
 
-def _context_length(config) -> int | None:
+def context_length(config) -> int | None:
     v = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     return int(v) if v else None
 
@@ -395,7 +395,7 @@ class GivenModelTask(LanguageTask):
         o = self.options
         self.model_dir = check_model_dir(o.model, "model")
         self.oracle_dir = check_model_dir(o.oracle, "oracle") if getattr(o, "oracle", "") else None
-        context = _context_length(self.model_dir.config)
+        context = context_length(self.model_dir.config)
         if getattr(o, "max_length", 0) and context and o.max_length > context:
             raise ConfigError(f"max_length: {o.max_length} exceeds the model's context of {context} tokens")
         if self.oracle_dir is not None:
@@ -418,7 +418,7 @@ class GivenModelTask(LanguageTask):
     @property
     def context(self) -> int:
         """The longest sequence in tokens: ``max_length`` when set, else the model's context."""
-        return int(getattr(self.options, "max_length", 0) or _context_length(self.model_dir.config) or 1024)
+        return int(getattr(self.options, "max_length", 0) or context_length(self.model_dir.config) or 1024)
 
     # -- model and tokenizer -------------------------------------------------------------------------------------
     def tokenizer(self):

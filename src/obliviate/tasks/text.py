@@ -20,9 +20,8 @@ import numpy as np
 
 from obliviate.config import build_config
 from obliviate.errors import ConfigError, SpecError
+from obliviate.lm import QA_PROMPT  # the prompt layout, defined below the tasks (the tiny tokenizer uses it)
 from obliviate.tasks.base import Task, TrainRecipe
-
-QA_PROMPT = "Question: {question}\nAnswer:"
 
 
 @dataclass(frozen=True)
