@@ -328,7 +328,7 @@ def one(spec: dict) -> dict:
             out["rss_end"] = proc_status()["VmRSS"]
             out["unlearn_s"] = time.perf_counter() - start
             out["activations"] = meter.held
-            out["lm_run"] = c.extras.get("lm_run")
+            out["lm_run"] = c.blocks.get("lm_run")
             out["step_times"] = [b[0] - a[0] for a, b in zip(steps, steps[1:])]
             out["step_cpu_times"] = [b[1] - a[1] for a, b in zip(steps, steps[1:])]
             out["steps"] = len(steps)

@@ -52,7 +52,7 @@ def test_lm_run_steps_the_schedule_once_per_optimiser_step(tiny_lm):
     seen, run = _lr_sequence(tiny_lm, {"lr": 0.1, "batch_size": 8, "epochs": 2, "lr_schedule": "linear",
                                        "warmup_steps": 1})
     assert seen == pytest.approx([0.0, 0.1, 0.1 * 2 / 3, 0.1 / 3])  # total 4: warm-up 0, then (4 − s)/3
-    assert run.ctx.extras["lm_run"]["lr_schedule"] == {"kind": "linear", "warmup_steps": 1, "total_steps": 4}
+    assert run.ctx.blocks["lm_run"]["lr_schedule"] == {"kind": "linear", "warmup_steps": 1, "total_steps": 4}
     # the NPO repository's recipe: one epoch (2 steps) of warm-up, then linear decay over the other 8
     seen, _ = _lr_sequence(tiny_lm, {"lr": 1.0, "batch_size": 8, "epochs": 5, **NPO_REPO_RECIPE})
     assert seen == pytest.approx([0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
@@ -75,7 +75,7 @@ def test_the_default_constant_lr_is_the_unscheduled_loop_bit_for_bit(tiny_lm):
     for batch in steps:
         run.step(lambda forget, _: -mean_nll(run.model, forget), batch)
     ours = run.finish()
-    assert "lr_schedule" not in ctx.extras["lm_run"]
+    assert "lr_schedule" not in ctx.blocks["lm_run"]
 
     model = _context(tiny_lm, cls).model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)

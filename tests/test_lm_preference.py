@@ -171,8 +171,8 @@ def test_idk_dpo_moves_likelihood_from_the_forget_answers_to_the_refusals(tiny_l
     assert _nll(tiny_lm, model, refusals) < _nll(tiny_lm, original, refusals) - 1.0
     assert _nll(tiny_lm, model, _qa(tiny_lm)) > _nll(tiny_lm, original, _qa(tiny_lm)) + 1.0
     # the two documents of the forget set were not trained on, and the run says so
-    assert any("2 forget document(s)" in w for w in ctx.extras["lm_run"]["warnings"])
-    assert ctx.extras["lm_run"]["reference"] == "precomputed NLLs"
+    assert any("2 forget document(s)" in w for w in ctx.blocks["lm_run"]["warnings"])
+    assert ctx.blocks["lm_run"]["reference"] == "precomputed NLLs"
 
 
 def test_dpo_defaults_are_idk_dpo_and_a_file_supplies_the_alternates(tiny_lm, tmp_path):
@@ -188,7 +188,7 @@ def test_dpo_defaults_are_idk_dpo_and_a_file_supplies_the_alternates(tiny_lm, tm
     wins = [(p, a) for p, alts in alternates.items() for a in alts]
     assert _nll(tiny_lm, model, wins) < _nll(tiny_lm, tiny_lm[2], wins) - 1.0
     assert _nll(tiny_lm, model, qa) > _nll(tiny_lm, tiny_lm[2], qa) + 1.0
-    assert ctx.extras["lm_run"]["steps"] == 5 * math.ceil(2 * len(qa) / 8)  # one row per alternate
+    assert ctx.blocks["lm_run"]["steps"] == 5 * math.ceil(2 * len(qa) / 8)  # one row per alternate
 
 
 def test_idk_file_replaces_the_built_in_refusals(tiny_lm, tmp_path):

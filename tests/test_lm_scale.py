@@ -69,7 +69,7 @@ def _unlearn(task, method: str, **settings):
     cls = obliviate.get_method(method, "language")
     ctx = _ctx(task)
     model = cls(build_config(cls.config_class, settings)).unlearn(ctx)
-    return model, ctx.extras.get("lm_run")
+    return model, ctx.blocks.get("lm_run")
 
 
 def _weights(model) -> dict[str, torch.Tensor]:

@@ -220,22 +220,22 @@ def test_dual_update_rule():
 def test_pdu_dual_variable_follows_the_retain_constraint(tiny_lm):
     base = {**FAST, "epochs": 3, "dual_warmup_epochs": 0}
     _, ctx = _unlearn(tiny_lm, "pdu", **base, retain_loss_eps=0.0)  # any positive retain loss violates ε = 0
-    trace = ctx.extras["pdu_retain_preference"]
+    trace = ctx.diagnostics["pdu_retain_preference"]
     assert len(trace) == 1 + 6 and trace[0] == 1.0
     assert all(b > a for a, b in zip(trace, trace[1:]))
-    assert ctx.extras["lm_run"]["retain_preference"] == trace[-1]
+    assert ctx.blocks["lm_run"]["retain_preference"] == trace[-1]
     _, ctx = _unlearn(tiny_lm, "pdu", **base, retain_loss_eps=100.0, dual_step_size=0.006)
-    trace = ctx.extras["pdu_retain_preference"]
+    trace = ctx.diagnostics["pdu_retain_preference"]
     assert 0.0 < trace[1] < trace[0] and set(trace[2:]) == {0.0}  # satisfied: α decays and is clamped at 0
     # warm-up: α is held for the first epoch (2 steps); epoch mode: one update at each epoch's end
     _, ctx = _unlearn(tiny_lm, "pdu", **base | {"dual_warmup_epochs": 1}, retain_loss_eps=0.0)
-    trace = ctx.extras["pdu_retain_preference"]
+    trace = ctx.diagnostics["pdu_retain_preference"]
     assert trace[:3] == [1.0] * 3 and trace[3] > 1.0
     _, ctx = _unlearn(tiny_lm, "pdu", **base, retain_loss_eps=0.0, dual_update_upon="epoch")
-    trace = ctx.extras["pdu_retain_preference"]
+    trace = ctx.diagnostics["pdu_retain_preference"]
     assert trace[0] == trace[1] < trace[2] == trace[3] < trace[4] == trace[5] < trace[6]
     _, ctx = _unlearn(tiny_lm, "pdu", **base, retain_loss_eps=0.0, primal_dual=False)
-    assert ctx.extras["pdu_retain_preference"] == [1.0] * 7
+    assert ctx.diagnostics["pdu_retain_preference"] == [1.0] * 7
 
 
 # -- on the tiny authors model ---------------------------------------------------------------------------------------
@@ -258,7 +258,7 @@ def test_undial_teacher_is_the_original(tiny_lm):
     original = tiny_lm[2].state_dict()
     assert max(float((v - original[k]).abs().max()) for k, v in model.state_dict().items()
                if v.is_floating_point()) < 1e-6
-    assert ctx.extras["lm_run"]["reference"] == "starting weights swapped in"
+    assert ctx.blocks["lm_run"]["reference"] == "starting weights swapped in"
     moved, _ = _unlearn(tiny_lm, "undial", **config | {"beta": 10.0})
     assert _nll(tiny_lm, moved) > _nll(tiny_lm, tiny_lm[2])
 
@@ -269,9 +269,9 @@ def test_lora(tiny_lm, name):
 
     model, ctx = _unlearn(tiny_lm, name, **SETTINGS.get(name, FAST) | {"lr": 1e-2, "lora_r": 4})
     assert not isinstance(model, PeftModel) and not [k for k in model.state_dict() if "lora_" in k]
-    assert ctx.extras["lm_run"]["lora_r"] == 4
+    assert ctx.blocks["lm_run"]["lora_r"] == 4
     if name == "undial":
-        assert ctx.extras["lm_run"]["reference"] == "adapters disabled"
+        assert ctx.blocks["lm_run"]["reference"] == "adapters disabled"
     assert _nll(tiny_lm, model) > _nll(tiny_lm, tiny_lm[2]) + 0.4
 
 

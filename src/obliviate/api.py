@@ -19,7 +19,7 @@ from obliviate.config import as_dict, build_config
 from obliviate.distributed import Runtime, run_jobs
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.memory import check_fits
-from obliviate.methods import Method, get_method
+from obliviate.methods import Method, check_system, get_method
 from obliviate.metrics import challenge as challenge_metric
 from obliviate.metrics.relearn import (RelearnConfig, anamnesis_index, forget_metric, relearn_config_summary,
                                        relearn_time, target_value)
@@ -141,11 +141,9 @@ def _challenge_unlearn_job(task, method: Method, original: torch.nn.Module, requ
     """One run of the unlearning algorithm from the (shared) original, with unlearning seed ``seed``."""
     dev = torch.device(device)
     ctx = pipeline.build_context(task, method, original.to(dev), request, recipe, seed, dev,
-                                 Runtime(device=dev, executor="serial"))
-    if system is not None:
-        ctx.extras["system"] = system
-    model, _ = pipeline.apply_method(method, ctx, request)
-    return _challenge_outputs(task, model, request.ids, ctx.retain_ids, dev)
+                                 Runtime(device=dev, executor="serial"), system=system)
+    out = pipeline.apply_method(method, ctx, request)
+    return _challenge_outputs(task, out.model, request.ids, ctx.retain_ids, dev)
 
 
 def _challenge_oracle_job(task, retain_ids: np.ndarray, forget_ids: np.ndarray, recipe, seed: int, device: str,
@@ -215,11 +213,13 @@ class Session:
             hit = self.store.get_tensors(key)
             if hit is not None:
                 tensors, meta = hit
-                system = method.restore(self.task, self.recipe, seed, tensors, meta["system"])
+                system = check_system(method.restore(self.task, self.recipe, seed, tensors, meta["system"]),
+                                      method.name)
                 meta = dict(meta, cached=True)
             else:
                 start = time.perf_counter()
-                system = method.fit(self.task, np.arange(self.task.n_train), self.recipe, seed, self.runtime)
+                system = check_system(method.fit(self.task, np.arange(self.task.n_train), self.recipe, seed,
+                                                 self.runtime), method.name)
                 elapsed = time.perf_counter() - start
                 meta = self.store.put_tensors(key, system.tensors(), {"role": f"original ({method.name})",
                                                                      "train_time_s": elapsed, "system": system.meta()})
@@ -438,10 +438,9 @@ class Session:
                 oracle_model.cpu()  # off the device while the model trains
         source = original if start is None else start[0]
         ctx = pipeline.build_context(task, method, source, request, self.recipe, seed, self.device, self.runtime,
-                                     retain_ids, in_place=in_place)
-        if system is not None:
-            ctx.extras["system"] = system
-        model, unlearn_time = pipeline.apply_method(method, ctx, request)
+                                     retain_ids, in_place=in_place, system=system)
+        output = pipeline.apply_method(method, ctx, request)
+        model, unlearn_time = output.model, output.seconds
         if in_place:
             original = lambda: self.original(seed)[0]  # noqa: E731 — loaded again only if something asks
             if oracle_model is not None:
@@ -488,7 +487,7 @@ class Session:
                              "final": {r: rt.final for r, rt in rts.items()}}
         if start is not None:
             models["start"] = {"sha256": start[1].get("sha256")}
-        cost = ctx.extras.get("cost")
+        cost = output.blocks.get("exact")
         if cost is not None:
             time_s["unlearn"] = cost["time_s"]  # the deletion itself
         report = run_report(
@@ -497,8 +496,8 @@ class Session:
             task_options=as_dict(task.options), metrics=metrics, gap=gap, avg_gap=avg, time_s=time_s,
             models=models, executor=self.runtime.executor, versions=software_versions(task.kind),
             oracle=oracle_note or None,
-            lm_run=ctx.extras.get("lm_run"),  # how a language method trained: precision, micro-batches, memory
-            guard=_layer_block(ctx.extras.get("guard")), filter=_layer_block(ctx.extras.get("filter")),
+            lm_run=output.blocks.get("lm_run"),  # how a language method trained: precision, micro-batches, memory
+            guard=_layer_block(output.blocks.get("guard")), filter=_layer_block(output.blocks.get("filter")),
             relearn=relearn_block, exact=cost,
             per_example=({"forget_ids": request.ids.tolist(), **{k: v for k, v in per_example.items()
                                                                  if v is not None}} if per_ex else None))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from obliviate.errors import ConfigError, ObliviateError
-from obliviate.methods import Method, UnlearnContext
+from obliviate.methods import Method, UnlearnContext, UnlearnOutput, check_system
 from obliviate.metrics import Evaluation, avg_gap, gaps
 from obliviate.requests import ForgetRequest
 from obliviate.seeding import seed_everything
@@ -38,14 +38,17 @@ def as_task(task: str | Task, options: dict[str, Any]) -> Task:
 
 def build_context(task: Task, method: Method, original: torch.nn.Module, request: ForgetRequest,
                   recipe, seed: int, device: torch.device, runtime,
-                  retain_ids: np.ndarray | None = None, in_place: bool = False) -> UnlearnContext:
-    """What ``method`` gets to see: a trainable copy of ``original`` and only the data its ``needs`` name."""
+                  retain_ids: np.ndarray | None = None, in_place: bool = False, system=None) -> UnlearnContext:
+    """What ``method`` gets to see: a trainable copy of ``original`` and only the data its ``needs`` name;
+    ``system``: a training-time method's fitted system (a :class:`obliviate.methods.FittedSystem`)."""
     forget_ids = request.ids
     if retain_ids is None:
         retain_ids = np.setdiff1d(np.arange(task.n_train), forget_ids)
+    if system is not None:
+        check_system(system, method.name)
     if task.kind == "language":
         return _language_context(task, method, original, forget_ids, retain_ids, recipe, seed, device, runtime,
-                                 in_place)
+                                 in_place, system)
     d = task.data
     xf, yf = to_tensors(d.x_train[forget_ids], d.y_train[forget_ids], device)
     xr, yr = to_tensors(d.x_train[retain_ids], d.y_train[retain_ids], device)
@@ -58,11 +61,12 @@ def build_context(task: Task, method: Method, original: torch.nn.Module, request
         x_forget=xf, y_forget=yf if "labels" in needs else None,
         x_retain=xr if "retain" in needs else None,
         y_retain=yr if ("retain" in needs and "labels" in needs) else None,
-        forget_ids=forget_ids, retain_ids=retain_ids, recipe=recipe, seed=seed, device=device, runtime=runtime)
+        forget_ids=forget_ids, retain_ids=retain_ids, recipe=recipe, seed=seed, device=device, runtime=runtime,
+        system=system)
 
 
 def _language_context(task, method, original, forget_ids, retain_ids, recipe, seed, device, runtime,
-                      in_place: bool = False):
+                      in_place: bool = False, system=None):
     """A language method's data: the (prompt, completion) sequences of the forget and retain records.
     ``in_place``: the method trains ``original`` itself and gets no separate original (a given model, already
     evaluated and reloadable from its directory; the methods keep their reference without a second copy)."""
@@ -73,22 +77,26 @@ def _language_context(task, method, original, forget_ids, retain_ids, recipe, se
     return UnlearnContext(
         task=task, model=model, original=original.to(device) if "original" in needs and not in_place else None,
         x_forget=None, y_forget=None, x_retain=None, y_retain=None, forget_ids=forget_ids, retain_ids=retain_ids,
-        recipe=recipe, seed=seed, device=device, runtime=runtime, tokenizer=task.tokenizer(),
+        recipe=recipe, seed=seed, device=device, runtime=runtime, system=system, tokenizer=task.tokenizer(),
         forget_pairs=[s for i in forget_ids for s in task.sequences(int(i))],
         retain_pairs=[s for i in retain_ids for s in task.sequences(int(i))] if "retain" in needs else None)
 
 
 # -- apply ------------------------------------------------------------------------------------------------------
 
-def apply_method(method: Method, ctx: UnlearnContext, request: ForgetRequest) -> tuple[torch.nn.Module, float]:
-    """Run the method under the run seed; return the checked, eval-mode model and the seconds it took."""
+def apply_method(method: Method, ctx: UnlearnContext, request: ForgetRequest) -> UnlearnOutput:
+    """Run the method under the run seed; return its output: the checked, eval-mode model, its report blocks
+    (returned, or recorded on the context with ``ctx.report``; a bare ``nn.Module`` is wrapped) and the seconds
+    ``unlearn`` took."""
     seed_everything(ctx.seed)
     start = time.perf_counter()
-    model = method.unlearn(ctx)
+    result = method.unlearn(ctx)
     seconds = time.perf_counter() - start
-    model.eval()
-    check_finite(model, ctx.task, request, method)
-    return model, seconds
+    out = UnlearnOutput.of(result, ctx.blocks, method.name)
+    out.seconds = seconds
+    out.model.eval()
+    check_finite(out.model, ctx.task, request, method)
+    return out
 
 
 def check_finite(model: torch.nn.Module, task: Task, request: ForgetRequest, method: Method) -> None:

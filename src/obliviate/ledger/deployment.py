@@ -204,11 +204,9 @@ class ModelManager:
                                  f"({self.n_train} examples, {state.deleted.size} deleted before)")
         request = ForgetRequest(f"ids ({len(new_ids)})", np.asarray(new_ids, dtype=np.int64))
         ctx = build_context(self.task, self.method, state.model, request, self.recipe, self.config.seed, self.device,
-                       self.runtime, retain_ids=self.alive(deleted))
-        if state.system is not None:
-            ctx.extras["system"] = state.system
-        model, seconds = apply_method(self.method, ctx, request)
-        cost = ctx.extras.get("cost")
+                       self.runtime, retain_ids=self.alive(deleted), system=state.system)
+        out = apply_method(self.method, ctx, request)
+        model, seconds, cost = out.model, out.seconds, out.blocks.get("exact")
         if state.system is not None:
             path, sha = self._save_system(vid, state.system, deleted, cost=cost, unlearn_s=seconds)
         else:

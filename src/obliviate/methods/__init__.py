@@ -9,9 +9,12 @@ import pkgutil
 from importlib.metadata import entry_points
 
 from obliviate.errors import ObliviateError
-from obliviate.methods.base import GUARANTEES, NEEDS, Method, MethodConfig, UnlearnContext
+from obliviate.methods.base import (GUARANTEES, NEEDS, REPORT_BLOCKS, FittedSystem, Method, MethodConfig,
+                                    UnlearnContext, UnlearnOutput, VerifiableSystem, check_system)
 
-_METHODS: dict[str, list[type[Method]]] = {}  # name -> implementations, each for its own task kinds
+#: (name, task kind) -> implementation, in registration order. One name may have one implementation for
+#: classifiers and regressors and another for language models (``npo``); a (name, kind) pair has exactly one.
+_METHODS: dict[tuple[str, str], type[Method]] = {}
 _discovered = False
 
 
@@ -22,13 +25,17 @@ def register(cls: type[Method]) -> type[Method]:
     unknown = set(cls.needs) - set(NEEDS)
     if unknown:
         raise TypeError(f"{cls.__name__}.needs has unknown entries {sorted(unknown)}; allowed: {NEEDS}")
-    impls = _METHODS.setdefault(cls.name, [])
-    if cls not in impls:
-        clash = [k for other in impls for k in other.kinds if k in cls.kinds]
-        if clash:
-            raise TypeError(f"method {cls.name!r} registered twice for {clash[0]} tasks")
-        impls.append(cls)
+    for kind in cls.kinds:
+        other = _METHODS.get((cls.name, kind))
+        if other is not None and other is not cls:
+            raise TypeError(f"method {cls.name!r} registered twice for {kind} tasks")
+    for kind in cls.kinds:
+        _METHODS[(cls.name, kind)] = cls
     return cls
+
+
+def _names() -> list[str]:
+    return sorted({name for name, _ in _METHODS})
 
 
 def _discover() -> None:
@@ -47,15 +54,13 @@ def get_method(name: str, kind: str | None = None) -> type[Method]:
     """The method class registered as ``name`` — for task kind ``kind`` when given (one name may have one
     implementation for classifiers and regressors and another for language models, e.g. ``npo``)."""
     _discover()
-    if name not in _METHODS:
-        raise ObliviateError(f"unknown method {name!r}; available: {', '.join(sorted(_METHODS))}")
-    impls = _METHODS[name]
+    if kind is not None and (name, kind) in _METHODS:
+        return _METHODS[(name, kind)]
+    kinds = [k for n, k in _METHODS if n == name]  # registration order
+    if not kinds:
+        raise ObliviateError(f"unknown method {name!r}; available: {', '.join(_names())}")
     if kind is None:
-        return impls[0]
-    for cls in impls:
-        if kind in cls.kinds:
-            return cls
-    kinds = [k for c in impls for k in c.kinds]
+        return _METHODS[(name, kinds[0])]
     raise ObliviateError(f"method {name!r} does not apply to {kind} tasks (it applies to: {', '.join(kinds)}); "
                          "see `obliviate methods`")
 
@@ -63,7 +68,13 @@ def get_method(name: str, kind: str | None = None) -> type[Method]:
 def list_methods() -> list[type[Method]]:
     """Every registered implementation, sorted by name (a name with several kinds appears once per kind)."""
     _discover()
-    return [cls for k in sorted(_METHODS) for cls in _METHODS[k]]
+    by_name: dict[str, list[type[Method]]] = {}
+    for (name, _), cls in _METHODS.items():
+        impls = by_name.setdefault(name, [])
+        if cls not in impls:
+            impls.append(cls)
+    return [cls for name in sorted(by_name) for cls in by_name[name]]
 
 
-__all__ = ["Method", "MethodConfig", "UnlearnContext", "register", "get_method", "list_methods"]
+__all__ = ["Method", "MethodConfig", "UnlearnContext", "UnlearnOutput", "FittedSystem", "VerifiableSystem",
+           "REPORT_BLOCKS", "check_system", "register", "get_method", "list_methods"]

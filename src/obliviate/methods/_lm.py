@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -298,6 +298,7 @@ class LMRun:
         base = ctx.model
         self.dtype_in = next(base.parameters()).dtype
         self.warnings: list[str] = []
+        self.block: dict[str, Any] | None = None  # the report's ``lm_run`` block, once ``finish`` has run
         self.fsdp = dist.launched() and (cfg.sharding == "fsdp" or (
             cfg.sharding == "auto" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"))
         # the training dtype: bf16, or fp32 (master) weights unless LoRA leaves the frozen base as loaded;
@@ -563,7 +564,8 @@ class LMRun:
             block["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
         if self.warnings:
             block["warnings"] = list(self.warnings)
-        self.ctx.extras["lm_run"] = block
+        self.block = block
+        self.ctx.report("lm_run", block)
         return model
 
 

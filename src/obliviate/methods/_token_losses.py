@@ -96,7 +96,8 @@ def undial_token_losses(logits: torch.Tensor, teacher: torch.Tensor, labels: tor
     """CE(p_θ, softmax(z_teacher − β·onehot(y))) per answer token; ``teacher`` holds the frozen teacher's logits
     of the answer positions only (``logits[:, :-1][answer_mask(labels)]``). OU ``utils.py::compute_undial_loss``
     scatters the one-hot from the raw shifted labels (a −100 label lowers vocabulary id V−100) and averages over
-    every position, prompt and padding included; here only answer tokens are scored (methods.md §22 (e))."""
+    every position, prompt and padding included; here only answer tokens are scored (the reduction of the other
+    token losses in this module)."""
     mask = answer_mask(labels)
     z = logits[:, :-1][mask].float()
     y = labels[:, 1:][mask]

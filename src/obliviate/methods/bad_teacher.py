@@ -1,4 +1,4 @@
-"""Bad Teacher: distil a student from a competent and an incompetent teacher (methods.md §13).
+"""Bad Teacher: distil a student from a competent and an incompetent teacher.
 
 Chundawat et al., AAAI 2023, "Can bad teaching induce forgetting?" (vikram2000b/bad-teaching-unlearning
 ``unlearn.py``, ``dataset.py::UnLearningData``, notebook ``CIFARSuper20_Rocket_Unlearn.ipynb``). The student

@@ -1,4 +1,4 @@
-"""Blindspot unlearning (Deep Regression Unlearning, Tarun et al., ICML 2023; methods.md §18).
+"""Blindspot unlearning (Deep Regression Unlearning, Tarun et al., ICML 2023, arXiv 2210.08196).
 
 A *blindspot* model of the same architecture is trained from a fresh initialisation for a few epochs on the
 retain set only, so it never sees the forget rows and is weak there. The original model is then fine-tuned
@@ -20,9 +20,9 @@ Where obliviate differs (each a documented choice, not from the paper):
   model's body (``nn.ReLU`` and friends — the MLP's ReLU outputs, the SmallCNN's conv feature maps) is read
   with a forward hook.
 * The official attention map averages the squared activation over dim 1 (channels), which is degenerate for
-  a 2-D ``(batch, features)`` activation: one value per row, normalised to 1, so AT ≡ 0 (methods.md §18
-  pitfall 2). With ``vector_attention="features"`` (default) a 2-D activation is read as one channel over
-  ``features`` positions, ``Q(a) = normalize(a²)``; ``"channel_mean"`` applies the official formula verbatim
+  a 2-D ``(batch, features)`` activation: one value per row, normalised to 1, so AT ≡ 0 on an MLP. With
+  ``vector_attention="features"`` (default) a 2-D activation is read as one channel over ``features``
+  positions, ``Q(a) = normalize(a²)``; ``"channel_mean"`` applies the official formula verbatim
   (AT contributes nothing on an MLP). Maps of ≥ 3 dimensions use the official formula either way.
 * ``base_loss="task"`` uses the task's training loss for both terms (squared error in standardised target
   units, as the STS-B notebook's ``F.mse_loss``; cross-entropy on retain labels and KL to the blindspot's

@@ -1,4 +1,4 @@
-"""Certified removal (Guo, Goldstein, Hannun & van der Maaten, ICML 2020; methods.md §16).
+"""Certified removal (Guo, Goldstein, Hannun & van der Maaten, ICML 2020, arXiv 1911.03030).
 
 A training-time method: the original is an L2-regularised *linear* model trained with a random linear loss
 perturbation, and a deletion is a Newton step whose leftover gradient is masked by that perturbation. In the
@@ -58,7 +58,7 @@ ASSUMPTIONS = ("Guo et al. Theorem 3 with the data-dependent bound of Corollary 
 
 @dataclass
 class CertifiedConfig(MethodConfig):
-    """Defaults and where they come from. methods.md §16(d): ε, δ, λ and σ are user choices, recorded in the
+    """Defaults and where they come from. ε, δ, λ and σ are user choices (Guo et al. 2020), recorded in the
     certificate.
 
     - ``steps=100``: the official ``test_removal.py`` (``--num-steps 100``, L-BFGS).

@@ -1,9 +1,10 @@
-"""The in-context filter (methods.md §26) as a method (``filter``: the original behind the filter) and as a layer
-on any language method (``<method>+filter``, built by :func:`obliviate.api.build_method`).
+"""The in-context filter (Shumailov et al. 2024, UnUnlearning, arXiv 2407.00106) as a method (``filter``: the
+original behind the filter) and as a layer on any language method (``<method>+filter``, built by
+:func:`obliviate.api.build_method`).
 
 Composite names: ``"<base>+filter"`` — the base method unlearns, then its model is put behind the filter. The
 composite's guarantee is the base method's (the filter changes no weight; it only adds suppression at generation
-time, recorded in ``ctx.extras["filter"]``). Config values go to the base method when it has the key, else to the
+time, reported in the output's ``filter`` block). Config values go to the base method when it has the key, else to the
 filter (``action``, ``tau_ngram``, ...); ``filter.<key>`` always targets the filter.
 """
 from __future__ import annotations
@@ -14,18 +15,18 @@ from typing import Any
 from obliviate.config import build_config
 from obliviate.guard import FilterConfig, InContextFilter
 from obliviate.methods import register
-from obliviate.methods.base import Method
+from obliviate.methods.base import Method, UnlearnOutput
 from obliviate.methods.guard import forget_retain_records
 
 SUFFIX = "+filter"
 
 
-def _wrap(ctx, model, config: FilterConfig):
+def _wrap(ctx, model, config: FilterConfig) -> UnlearnOutput:
     forget, retain = forget_retain_records(ctx)
     flt = InContextFilter(ctx.tokenizer or ctx.task.tokenizer(), forget, config, retain_records=retain,
                           device=ctx.device)
-    ctx.extras["filter"] = flt.stats  # live: flagged counts fill in during evaluation (config inside)
-    return flt.wrap(model)
+    # the block is live: flagged counts fill in during evaluation (config inside)
+    return UnlearnOutput(flt.wrap(model), {"filter": flt.stats})
 
 
 @register
@@ -35,7 +36,8 @@ class FilterMethod(Method):
     kinds = ("language",)
     config_class = FilterConfig
     summary = "refuse, redact or guard prompts that paste forgotten content back in (weights untouched)"
-    reference = "Shumailov et al. 2024, UnUnlearning (arXiv 2407.00106); design: methods.md §26"
+    reference = ('Shumailov et al. 2024, UnUnlearning (arXiv 2407.00106); design: README "Generation-time '
+                 'unlearning, in-context filtering and audits"')
 
     def unlearn(self, ctx):
         model = ctx.model.eval()
@@ -97,7 +99,9 @@ class FilteredMethod(Method):
         self.reference = base.reference
 
     def unlearn(self, ctx):
-        return _wrap(ctx, self.base.unlearn(ctx), self.filter_config)
+        base = UnlearnOutput.of(self.base.unlearn(ctx), method=self.base.name)
+        out = _wrap(ctx, base.model, self.filter_config)
+        return UnlearnOutput(out.model, {**base.blocks, **out.blocks})
 
     def fit(self, *args, **kwargs):
         return self.base.fit(*args, **kwargs)

@@ -1,4 +1,5 @@
-"""Fine-tune on the retain set only and rely on catastrophic forgetting (methods.md §4)."""
+"""Fine-tune on the retain set only and rely on catastrophic forgetting (the FT baseline
+of OPTML-Group/Unlearn-Sparse ``Classification/unlearn/FT.py``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

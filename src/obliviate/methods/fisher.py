@@ -1,4 +1,4 @@
-"""Fisher forgetting: scramble the weights the retain set does not pin down (methods.md §14).
+"""Fisher forgetting: scramble the weights the retain set does not pin down.
 
 Golatkar, Achille, Soatto, CVPR 2020, "Eternal Sunshine of the Spotless Net" (arXiv 1911.04933). Code:
 AdityaGolatkar/SelectiveForgetting ``main.ipynb`` (``hessian``/``get_mean_var``) and its port

@@ -1,5 +1,5 @@
 """Gaussian fine-tuning ("Gaussian amnesiac"), the regression baseline of Deep Regression Unlearning
-(Tarun et al., ICML 2023; methods.md §19).
+(Tarun et al., ICML 2023, arXiv 2210.08196).
 
 Every forget target is replaced, once, by a draw from N(μ, σ²) fitted to the training targets; the original
 is then fine-tuned on the retain rows and the relabelled forget rows, shuffled together. It is the regression
@@ -15,7 +15,7 @@ The STS-B notebook does the same with MSE (``In[27]``: ``train_df['score'].mean(
 the squared error too.
 
 Choice of μ, σ (``stats_from``): the official notebooks use the whole training set D, forget cohort included.
-obliviate defaults to the retain set D_r (methods.md §1 pitfall 1: label statistics derived from D carry
+obliviate defaults to the retain set D_r (label statistics derived from D carry
 information about D_f into the unlearned model); ``stats_from="D"`` reproduces the notebooks.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ class GaussianFinetuneConfig(OptimConfig):
     batch_size: int = field(default=256, metadata={"help": "mini-batch size", "min": 1})
     weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay (official: none)", "min": 0})
     stats_from: Literal["D_r", "D"] = field(default="D_r", metadata={
-        "help": "targets whose mean/std define the Gaussian: D_r = retain set (default, methods.md §1 pitfall 1); "
+        "help": "targets whose mean/std define the Gaussian: D_r = retain set (default: statistics of D leak D_f); "
                 "D = whole training set (the official notebooks)"})
     base_loss: Literal["task", "l1"] = field(default="task", metadata={
         "help": "task: the task's squared error in standardised units (STS-B's MSE); l1: AgeDB's L1"})

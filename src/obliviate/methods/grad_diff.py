@@ -1,4 +1,5 @@
-"""GradDiff: gradient ascent on the forget set plus a retain-set descent term (methods.md §6)."""
+"""GradDiff: gradient ascent on the forget set plus a retain-set descent term
+(Liu et al., CoLLAs 2022, arXiv 2203.12817; locuslab/open-unlearning ``src/trainer/unlearn/grad_diff.py``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

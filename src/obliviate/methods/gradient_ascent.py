@@ -1,4 +1,5 @@
-"""Gradient ascent (NegGrad): maximise the task loss on the forget set (methods.md §5)."""
+"""Gradient ascent (NegGrad): maximise the task loss on the forget set (the GA baseline of
+OPTML-Group/Unlearn-Sparse ``Classification/unlearn/GA.py``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,12 +1,12 @@
-"""GUARD: generation-time unlearning by adaptive restriction and detection (methods.md §25) — a suppression
-method. The weights are untouched; the returned model detects prompts that target the forget records and forbids
-their key phrases while decoding. Teacher-forced metrics (PrivLeak, truth ratio, forget probability) therefore
-stay the original's: that is what suppression means, and every report says so."""
+"""GUARD: generation-time unlearning by adaptive restriction and detection (Deng et al. 2025, arXiv 2505.13312) — a
+suppression method. The weights are untouched; the returned model detects prompts that target the forget records and
+forbids their key phrases while decoding. Teacher-forced metrics (PrivLeak, truth ratio, forget probability)
+therefore stay the original's: that is what suppression means, and every report says so."""
 from __future__ import annotations
 
 from obliviate.guard import Guard, GuardConfig
 from obliviate.methods import register
-from obliviate.methods.base import Method
+from obliviate.methods.base import Method, UnlearnOutput
 
 
 def forget_retain_records(ctx):
@@ -22,7 +22,8 @@ class GuardMethod(Method):
     kinds = ("language",)
     config_class = GuardConfig
     summary = "detect prompts about the forget set and forbid its key phrases while decoding (weights untouched)"
-    reference = "Deng et al. 2025, GUARD (arXiv 2505.13312); design: methods.md §25.2"
+    reference = ('Deng et al. 2025, GUARD (arXiv 2505.13312); design: README "Generation-time unlearning, '
+                 'in-context filtering and audits"')
 
     def unlearn(self, ctx):
         model = ctx.model.eval()
@@ -32,5 +33,5 @@ class GuardMethod(Method):
         # retain and holdout records (never trained on) as negatives
         guard = Guard.for_task(model, ctx.tokenizer or ctx.task.tokenizer(), ctx.task, ctx.forget_ids,
                                ctx.retain_ids, config=self.config, seed=ctx.seed)
-        ctx.extras["guard"] = guard.stats  # live: generation counts fill in during evaluation
-        return guard.wrap()
+        # the block is live: generation counts fill in during evaluation
+        return UnlearnOutput(guard.wrap(), {"guard": guard.stats})

@@ -1,4 +1,4 @@
-"""IAU: Influence Approximation Unlearning (Liu, Wu, Lian, Chen 2025; methods.md §17).
+"""IAU: Influence Approximation Unlearning (Liu, Wu, Lian, Chen 2025, arXiv 2507.23257).
 
 Removing a point has, to first order, the influence of adding a virtual point whose gradient is the
 negative of the removed point's, so unlearning becomes one incremental-learning step: ascend the mean

@@ -1,4 +1,4 @@
-"""Influence-function unlearning: one Newton step from θ_o (Koh & Liang 2017; methods.md §15).
+"""Influence-function unlearning: one Newton step from θ_o (Koh & Liang, ICML 2017, arXiv 1703.04730).
 
 The step removes the forget set's first-order influence::
 
@@ -21,7 +21,7 @@ h ← v + (1 − d)h − H_B h/scale with d = λ/scale.
 Non-convexity: an MLP's Hessian is indefinite away from a minimum (digits MLP, 8 epochs: smallest eigenvalue of
 H_r ≈ −0.04; friedman MLP, 10 epochs: ≈ −0.45). CG stops with a clear error when it meets a direction of
 non-positive curvature, and LiSSA when its series diverges; the messages say to raise ``damping`` or use
-``params=last``. The default restricts the step to the last layer (methods.md §15(e); Koh & Liang's Inception
+``params=last``. The default restricts the step to the last layer (Koh & Liang's Inception
 experiments do the same): the loss is convex in the last layer's weights for cross-entropy and squared error,
 so CG is well posed at any damping > 0.
 """
@@ -56,11 +56,11 @@ class InfluenceConfig(MethodConfig):
       epochs reaches the oracle at 0.01, but after the default 30 epochs the forget gradients nearly vanish and
       0.01 leaves forget accuracy at 1.0, while 1e-3 reaches the oracle (avg_gap 0.003) and 1e-4 overshoots.
     - ``scale=25``, ``depth=5000``, ``repeats=1``: nimarb ``calc_s_test_single`` defaults (``scale=25,
-      recursion_depth=5000, r=1``; methods.md's table says r = 10, the repository's default is 1). Koh & Liang's
+      recursion_depth=5000, r=1``; r = 10 is also quoted for it, the repository's default is 1). Koh & Liang's
       own LiSSA defaults are scale 10, damping 0, depth 10000. ``batch_size=128`` is obliviate's.
-    - ``hessian=retain`` (methods.md §15 "remaining-data Hessian variant", the Newton step of Guo et al.);
+    - ``hessian=retain`` (the remaining-data Hessian, the Newton step of Guo et al., ICML 2020);
       ``full`` is Koh & Liang's θ + H⁻¹g/n.
-    - ``params=last`` (methods.md §15(e): restrict to the last layer for a non-convex net); ``all`` uses every
+    - ``params=last`` (restrict to the last layer for a non-convex net, as Koh & Liang do); ``all`` uses every
       parameter and then needs ``damping`` above the magnitude of the most negative Hessian eigenvalue
       (≈ 0.05 on digits, ≈ 1 on friedman after the test recipes).
     """

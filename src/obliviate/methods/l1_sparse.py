@@ -1,4 +1,4 @@
-"""l1-sparse: fine-tune on the retain set with a decaying L1 penalty on the weights (methods.md §11).
+"""l1-sparse: fine-tune on the retain set with a decaying L1 penalty on the weights.
 
 Jia et al., NeurIPS 2023, "Model sparsity can simplify machine unlearning" (``FT_l1`` in
 OPTML-Group/Unlearn-Sparse ``unlearn/FT.py``, reached through ``--unlearn FT_prune``):
@@ -28,7 +28,7 @@ class L1SparseConfig(OptimConfig):
     ``--unlearn_lr 0.01 --unlearn_epochs 10``, ``--no-l1-epochs 0``). The README leaves α as ``${alpha}`` and the
     paper says to sweep it; α = 1e-4 is obliviate's default, the value third-party reproduction scripts pass
     with exactly these settings (``--unlearn FT_prune --alpha 0.0001 --unlearn_lr 0.01 --unlearn_epochs 10``
-    on CIFAR-10 and SVHN) and inside the 1e-5…1e-4 range methods.md quotes from the paper (unverified)."""
+    on CIFAR-10 and SVHN) and inside the 1e-5…1e-4 range reported for the paper (unverified)."""
 
     lr: float = field(default=0.01, metadata={"help": "learning rate", "gt": 0, "tune": (1e-4, 1e-1, "log")})
     epochs: int = field(default=10, metadata={"help": "passes over the retain set", "min": 1, "tune": (1, 20)})

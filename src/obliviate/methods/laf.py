@@ -1,4 +1,4 @@
-"""LAF (Label-Agnostic Forgetting, Shen et al., ICLR 2024) and LAF+R (methods.md §20).
+"""LAF (Label-Agnostic Forgetting, Shen et al., ICLR 2024) and LAF+R (arXiv 2404.00506).
 
 LAF unlearns a classifier with **no labels**: the model is split into an extractor f (everything up to the
 representation fed to the last ``nn.Linear``) and that linear head g. Then
@@ -20,7 +20,7 @@ Official code: ShaofeiShen768/LAF (stored copy at commit 4fd4e87): ``VUnlearning
 ``classifier_unlearning``), ``Train.py`` (``vae_loss_function``, ``vae_train``), ``Model.py``
 (``CNN_VAE_Encoder``/``CNN_VAE_Decoder``), ``Data.py`` (``construct_data``, batch 32), ``hyperparameter.md``.
 
-Deviations from the official code (each a fix methods.md §20 recommends, or forced by obliviate's models):
+Deviations from the official code (each a fix of a defect of the official code, or forced by obliviate's models):
 
 - the VAEs and the teacher are frozen (``requires_grad_(False)``; official: only ``eval()``, pitfall 5). The
   VAEs stay differentiable in their input, as L_UE needs. The teacher's representations of D_r and D_f are

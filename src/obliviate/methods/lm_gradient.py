@@ -1,6 +1,6 @@
-"""Gradient-based unlearning of causal language models (methods.md §5–§8): gradient ascent, GradDiff, NPO and
-SimNPO on the forget records' (prompt, completion) sequences, plus MUSE's named presets ``ga_gdr``, ``ga_klr``,
-``npo_gdr`` and ``npo_klr``, and MUSE's own losses under their own names: ``npo_muse``, ``ga_klr_muse``,
+"""Gradient-based unlearning of causal language models (open-unlearning src/trainer/unlearn/; MUSE
+baselines/baselines/iterative.py): gradient ascent, GradDiff, NPO and SimNPO on the forget records' (prompt,
+completion) sequences, plus MUSE's named presets ``ga_gdr``, ``ga_klr``, ``npo_gdr`` and ``npo_klr``, and MUSE's own losses under their own names: ``npo_muse``, ``ga_klr_muse``,
 ``npo_klr_muse``.
 
 They share the names of the classifier implementations (``obliviate.get_method(name, "language")``). NLLs are

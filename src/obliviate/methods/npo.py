@@ -1,4 +1,5 @@
-"""NPO: negative preference optimisation with the forget labels as the only "losing" answers (methods.md §7).
+"""NPO: negative preference optimisation with the forget labels as the only "losing" answers
+(Zhang et al. 2024, arXiv 2404.05868).
 
 For a classifier the sequence likelihood of the paper becomes the label likelihood p_θ(y|x), so
 NLL_θ is the per-example cross-entropy. L = −(2/β)·mean log σ(β·(NLL_θ − NLL_ref)) [+ α·retain term].

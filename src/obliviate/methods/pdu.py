@@ -91,8 +91,8 @@ class PDU(Method):
                                     cfg.dual_step_size)
             trace.append(alpha)
         model = run.finish()
-        ctx.extras["lm_run"]["retain_preference"] = alpha  # the dual variable at the end
-        ctx.extras["pdu_retain_preference"] = trace  # after every step (tests, diagnostics)
+        ctx.report("lm_run", {**run.block, "retain_preference": alpha})  # the dual variable at the end
+        ctx.diagnostics["pdu_retain_preference"] = trace  # after every step (tests, diagnostics; not reported)
         return model
 
 

@@ -1,5 +1,5 @@
 """Random labels: fine-tune on the forget set with uniformly random labels, interleaved with retain
-batches (methods.md §9, the CIFAR-10 branch of OPTML-Group/Unlearn-Saliency ``RL.py``)."""
+batches (the CIFAR-10 branch of OPTML-Group/Unlearn-Saliency ``RL.py``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

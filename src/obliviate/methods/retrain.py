@@ -19,7 +19,7 @@ class Retrain(Method):
     guarantee = "exact"
     needs = frozenset({"retain", "labels"})
     config_class = RetrainConfig
-    summary = "train a fresh model on the retain set with the original recipe and seed (methods.md §1)"
+    summary = "train a fresh model on the retain set with the original recipe and seed"
     reference = "gold standard; SalUn/SCRUB protocol 'retrain'"
     kinds = ("classification", "regression", "language")
 

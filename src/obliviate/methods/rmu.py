@@ -1,4 +1,4 @@
-"""RMU: representation misdirection (methods.md §21; Li et al. 2024, WMDP, arXiv 2403.03218).
+"""RMU: representation misdirection (Li et al. 2024, WMDP, arXiv 2403.03218).
 
 The output of one transformer block on forget text is pushed toward a fixed random direction of large norm,
 c·u/‖u‖ with u ~ U[0, 1)^d, and on retain text kept equal to the frozen original's; only a few MLP weights

@@ -1,4 +1,5 @@
-"""SalUn: random-label unlearning restricted to the weights most salient for the forget loss (methods.md §10).
+"""SalUn: random-label unlearning restricted to the weights most salient for the forget loss
+(Fan et al., ICLR 2024, arXiv 2310.12508).
 
 The mask (OPTML-Group/Unlearn-Saliency ``Classification/generate_mask.py::save_gradient_ratio``, commit
 ac880a2) keeps the top ``mask_ratio`` of weights ranked globally by |Σ_batches ∇(−CE)| over the forget

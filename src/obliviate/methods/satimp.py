@@ -1,5 +1,5 @@
 """SatImp: token-weighted gradient ascent whose weight sg(p)^β1 · (1 − sg(p))^β2 favours tokens that are likely
-but not yet saturated (methods.md §23; Yang et al. 2025, "Exploring criteria of loss reweighting to enhance LLM
+but not yet saturated (Yang et al. 2025, "Exploring criteria of loss reweighting to enhance LLM
 unlearning", arXiv 2505.11953). L = γ·L_SatImp + α·L_r, GradDiff's combination.
 """
 from __future__ import annotations

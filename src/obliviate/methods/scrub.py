@@ -1,5 +1,5 @@
 """SCRUB: a student moves away from the frozen original (teacher) on the forget set and stays close to
-it on the retain set, alternating max- and min-steps (methods.md §12)."""
+it on the retain set, alternating max- and min-steps (Kurmanji et al., NeurIPS 2023, arXiv 2302.09880)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

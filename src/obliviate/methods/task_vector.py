@@ -1,4 +1,4 @@
-"""Task-vector negation (methods.md §24; Ilharco et al., ICLR 2023, arXiv 2212.04089; a MUSE baseline).
+"""Task-vector negation (Ilharco et al., ICLR 2023, arXiv 2212.04089; a MUSE baseline).
 
 Fine-tune the model further on the forget sequences (θ_ft), then subtract the "forget task vector":
 τ = θ_ft − θ_o, θ_u = θ_o − α·τ, over every floating-point parameter — embeddings and norms included, as MUSE —

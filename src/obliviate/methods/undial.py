@@ -1,6 +1,6 @@
 """UNDIAL: self-distillation toward the original model's next-token distribution with the answer token's logit
 lowered by β — a bounded target (unlike gradient ascent's), so the forget loss cannot run away (Dong et al.,
-NAACL 2025, arXiv 2402.10052; methods.md §22). L = γ·L_UNDIAL + α·L_r with α = 0 by default.
+NAACL 2025, arXiv 2402.10052). L = γ·L_UNDIAL + α·L_r with α = 0 by default.
 
 The teacher is the frozen starting model (OU: ``ref_model = _prepare_ref_model(model)``), reached through
 ``LMRun(reference="model")``: with LoRA the adapters are disabled, otherwise the starting weights are swapped in —
@@ -22,7 +22,7 @@ class UNDIALConfig(LMOptimConfig):
     """β = 10, γ = 1, α = 0, retain NLL, lr 1e-4, 10 epochs, batch 2 × 8 accumulation = 16:
     locuslab/open-unlearning ``configs/trainer/UNDIAL.yaml``. Unlike OU (``utils.py::compute_undial_loss``, which
     averages over every position, prompt and padding included, with a −100 label lowering vocabulary id V−100),
-    the loss is the flat mean over the batch's answer tokens only (methods.md §22 (e))."""
+    the loss is the flat mean over the batch's answer tokens only (the reduction of the other token losses here)."""
 
     beta: float = field(default=10.0, metadata={"help": "how far the answer token's teacher logit is lowered",
                                                 "min": 0})

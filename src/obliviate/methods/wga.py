@@ -1,6 +1,6 @@
 """WGA: weighted gradient ascent — token-level GA with each answer token's NLL weighted by its own detached
 probability to the power β, so tokens already unlikely stop being pushed (Wang et al., ICLR 2025,
-arXiv 2502.19301; methods.md §23). L = γ·L_WGA + α·L_r, GradDiff's combination.
+arXiv 2502.19301). L = γ·L_WGA + α·L_r, GradDiff's combination.
 """
 from __future__ import annotations
 
