@@ -185,6 +185,19 @@ class Authors(LanguageTask):
         "simnpo": {"lr": 5e-3, "alpha": 10.0, "epochs": 20},
         "rmu": {"layer": 1, "lr": 1e-2, "alpha": 1.0, "steering_coeff": 10.0, "max_num_batches": 300},
         "task_vector": {"lr": 3e-4, "alpha": 5.0},
+        # obliviate's tuning on seed 0: benchmarks/lm_parity.py --sweep (lowest avg_gap; lm_parity_sweep.md)
+        "dpo": {"lr": 3e-3},
+        "idk_dpo": {"lr": 3e-3},
+        "altpo": {"lr": 1e-2},
+        "undial": {"lr": 3e-3},
+        "ce_u": {"lr": 1e-2},  # every lr >= 3e-4 collapses the model (knowmem_r ~0); 1e-4 leaves it unchanged
+        "satimp": {"lr": 1e-2},
+        "wga": {"lr": 1e-2},
+        "pdu": {"lr": 1e-3, "retain_loss_eps": 0.0146},  # ε = 1.5 × the original's retain NLL (0.0098)
+        "npo_muse": {"lr": 3e-4},
+        "ga_klr_muse": {"lr": 3e-3, "alpha": 1e-7},
+        "npo_klr_muse": {"lr": 3e-3, "alpha": 1e-7},
+        "whp": {"lr": 1e-3, "reinforce_lr": 3e-3, "reinforce_epochs": 5, "alpha": 10.0},
     }
 
     def load(self) -> TextData:
