@@ -1,4 +1,5 @@
-"""Bad Teacher (methods.md §13): the two-teacher KL loss, the seeded retain subset, the incompetent teacher."""
+"""Bad Teacher (Chundawat et al., AAAI 2023, arXiv 2205.08096): the two-teacher KL loss, the seeded retain
+subset, the incompetent teacher."""
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
-"""Blindspot unlearning (Deep Regression Unlearning, methods.md §18): the pieces by hand, the data the
-blindspot model is trained on, the retain-set minimum, and the friedman cohort scenario ``target<=8``."""
+"""Blindspot unlearning (Deep Regression Unlearning, Tarun et al., ICML 2023, arXiv 2210.08196): the pieces by
+hand, the data the blindspot model is trained on, the retain-set minimum, and the friedman cohort scenario
+``target<=8``."""
 from __future__ import annotations
 
 import math
@@ -261,7 +262,7 @@ def test_config_validation(values, key):
     assert build_config(BlindspotConfig, {"beta": "0", "epochs": "1"}).beta == 0.0
 
 
-# -- the friedman cohort scenario (methods.md §18, evaluation.md §7) -------------------------------------------
+# -- the friedman cohort scenario (ayu987/deep-regression-unlearning, ``metrics.py``) ---------------------------
 
 @pytest.fixture(scope="module")
 def cohort():

@@ -1,5 +1,6 @@
-"""The NeurIPS 2023 unlearning challenge metric (evaluation.md §3; obliviate.metrics.challenge): per-example ε
-on hand-built confidence samples with known answers, the code's 14 buckets, F and the final score; a
+"""The NeurIPS 2023 unlearning challenge metric (the official write-up "Evaluation for the NeurIPS Machine
+Unlearning Competition" and google-deepmind/unlearning_evaluation ``metric.py``; obliviate.metrics.challenge):
+per-example ε on hand-built confidence samples with known answers, the code's 14 buckets, F and the final score; a
 brute-force re-derivation of the official decision rules; and ``bench --challenge N`` end to end."""
 from __future__ import annotations
 

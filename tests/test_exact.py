@@ -3,7 +3,8 @@ the model cache, executor agreement (serial, local process pool, Ray), and the `
 through the API and the command line.
 
 Exactness is checked tensor for tensor (``torch.equal``) against models trained from scratch, on CPU with
-fixed seeds, on a plan rebuilt independently from the seed (methods.md §2 and §3, pitfalls first).
+fixed seeds, on a plan rebuilt independently from the seed (SISA arXiv 1912.03817, S3T arXiv 2406.16257: the
+exactness conditions first).
 Configurations are tiny (digits, 2 shards × 2–3 slices, a few epochs) so the file runs in well under two
 minutes on two cores, a local Ray start included.
 """
@@ -33,8 +34,8 @@ from obliviate.training import predict, train
 SEED = 0
 SERIAL = Runtime(executor="serial")
 N_DIGITS = 1437
-# the cyclic rotations of [0, 1, 2] (methods.md §3: rotate_right(lst, i) for i < B), written out so the
-# low-level tests do not depend on sequence selection
+# the cyclic rotations of [0, 1, 2] (official S3T code, ``get_cyclic``: rotate_right(lst, i) for i < B), written
+# out so the low-level tests do not depend on sequence selection
 SEQS3 = [(0, 1, 2), (2, 0, 1), (1, 2, 0)]
 SEQS2 = [(0, 1), (1, 0)]
 S3T_CFG = {"shards": 2, "slices": 3, "rank": 4, "alpha": 8.0, "epochs": 2, "lr": 3e-3}
@@ -426,8 +427,9 @@ def test_s3t_deletion_serves_the_exact_surviving_prefix_without_training(s3t_sys
 
 
 def test_s3t_head_is_trained_at_every_position_and_restored_with_the_prefix(s3t_system, digits):
-    """methods.md §3 pitfall 1: the head (the last Linear, never LoRA-wrapped) is trained at every position
-    and snapshotted; the backbone stays at its seeded initialisation and only LoRA blocks adapt it."""
+    """S3T exactness (arXiv 2406.16257; brcsomnath/S3T ``get_layers``): the head (the last Linear, never
+    LoRA-wrapped) is trained at every position and snapshotted; the backbone stays at its seeded initialisation
+    and only LoRA blocks adapt it."""
     system = s3t_system.copy()
     init = digits.make_model(derive_seed(SEED, "s3t", "backbone"))
     init_head = head_state(init)
@@ -455,7 +457,7 @@ def test_s3t_sequential_deletions_until_the_shard_is_retrained(s3t_system, digit
     system.delete(np.array(gone), SERIAL)
     assert system.lengths[0] == [1, 2, 0]
 
-    # another id of slice 1: already truncated everywhere, nothing changes (methods.md §3 pitfall 8)
+    # another id of slice 1: already truncated everywhere, nothing changes (the official simulator still counts it)
     served = served_state(system)
     gone.append(pick(plan, 0, 1, 1))
     cost = system.delete(np.array(gone[-1:]), SERIAL)

@@ -1,4 +1,5 @@
-"""Fisher forgetting (methods.md §14): the diagonal Fisher, the clamped noise variance, seeded noise."""
+"""Fisher forgetting (Golatkar et al., CVPR 2020, arXiv 1911.04933; OPTML-Group/Unlearn-Saliency ``fisher.py``):
+the diagonal Fisher, the clamped noise variance, seeded noise."""
 from __future__ import annotations
 
 from types import SimpleNamespace

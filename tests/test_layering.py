@@ -63,10 +63,6 @@ UPWARD_EXCEPTIONS: dict[tuple[str, str], str] = {
 
 #: cross-package imports of private names that remain, each with its reason (importer, imported, name)
 PRIVATE_EXCEPTIONS: dict[tuple[str, str, str], str] = {
-    ("obliviate.exact.cli_s3t", "obliviate.report", "_atomic_text"):
-        "exact/ is being edited elsewhere; switch to obliviate.atomic.atomic_write (report keeps the alias)",
-    ("obliviate.exact.cli_s3t", "obliviate.report", "_page"):
-        "exact/ is being edited elsewhere; switch to obliviate.report.html_page (report keeps the alias)",
     ("obliviate.memory", "obliviate.methods._lm", "_lora_targets"):
         "methods/_lm.py is being edited elsewhere; it should publish lora_targets for the memory planner",
 }

@@ -1,5 +1,6 @@
-"""OpenUnlearning-identical LLM metrics (evaluation.md §9-§11): hand-computed cases for the ``*_ou`` TOFU
-functions, the stemmer switch of ROUGE, ``privleak_ou`` and the MIA suite of ``obliviate.metrics.lm_mia``
+"""OpenUnlearning-identical LLM metrics (MUSE swj0419/muse_bench, TOFU, locuslab/open-unlearning
+``src/evals/metrics/``): hand-computed cases for the ``*_ou`` TOFU functions, the stemmer switch of ROUGE,
+``privleak_ou`` and the MIA suite of ``obliviate.metrics.lm_mia``
 (including GradNorm on a tiny GPT-2 against a manual autograd computation). Expected numbers are derived by hand
 in the comments; the literal OpenUnlearning formulas appear only where the claim is "equal to OpenUnlearning"."""
 from __future__ import annotations

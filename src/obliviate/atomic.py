@@ -5,10 +5,13 @@ target, fsync of the directory: after a crash the path holds the old file or the
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Union
+
+from obliviate.errors import ObliviateError
 
 #: what to write: bytes, text (UTF-8), or a function that writes the file at the temp path it is given
 Payload = Union[bytes, str, Callable[[str], None]]
@@ -54,3 +57,57 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _nearest_existing(path: Path) -> Path:
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
+def _probe(directory: Path) -> str | None:
+    """Why a new file cannot be made in ``directory`` (None: it can). A real create-and-remove, not os.access:
+    root passes os.access on a read-only mount or under /proc, where the write still fails."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".obliviate-probe.", suffix=".tmp")
+    except OSError as exc:  # under /proc creating a file reports ENOENT, which would read as "missing"
+        return "no new file can be created there" if exc.errno == errno.ENOENT else exc.strerror or str(exc)
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+    return None
+
+
+def check_writable(path: str | Path | None, flag: str) -> None:
+    """Fail before any work if the file ``path`` could not be written: it is a directory, a missing parent
+    cannot be created under a file, or the nearest existing directory refuses a new file. Leaves nothing behind."""
+    if not path:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ObliviateError(f"{flag} {path}: is a directory, expected a file path")
+    parent = _nearest_existing(p)
+    if not parent.is_dir():
+        raise ObliviateError(f"{flag} {path}: {parent} is not a directory")
+    why = _probe(parent)
+    if why is not None:
+        raise ObliviateError(f"{flag} {path}: {parent} is not writable ({why})")
+
+
+def check_cache_dir(path: str | Path | None, flag: str = "--cache-dir") -> None:
+    """Fail before any training if the model cache ``path`` cannot hold files: it is a file, or it (or, when
+    missing, its nearest existing ancestor, where it would be created) refuses a new file."""
+    if not path:
+        return
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ObliviateError(f"{flag} {path}: is a file, expected a directory")
+    where = p if p.is_dir() else _nearest_existing(p)
+    if not where.is_dir():
+        raise ObliviateError(f"{flag} {path}: {where} is not a directory")
+    why = _probe(where)
+    if why is not None:
+        raise ObliviateError(f"{flag} {path}: {where} is not writable ({why})")

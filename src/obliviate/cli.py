@@ -1,4 +1,4 @@
-"""``obliviate`` command line: a thin layer over :mod:`obliviate.api` (DESIGN.md, "Command line")."""
+"""``obliviate`` command line: a thin layer over :mod:`obliviate.api` (README, "Command line")."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,8 @@ from obliviate.exact.cli_s3t import s3t_app
 from obliviate.ledger.cli import ledger_app, serve
 from obliviate.metrics.gap import HEADLINE
 from obliviate.verdict import bench_verdict, reference, run_verdict
-from obliviate.report import GUARANTEE_TEXT, check_output_path, write_html, write_json
+from obliviate.atomic import check_cache_dir, check_writable
+from obliviate.report import GUARANTEE_TEXT, write_html, write_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make trained models forget, and measure it against the retrain oracle.")
@@ -72,6 +73,9 @@ def _print_run(r: dict[str, Any]) -> None:
     times = ", ".join(f"{k} {v:.2f}s" for k, v in r["time_s"].items() if v is not None)
     out.print(f"guarantee: [bold]{GUARANTEE_TEXT[r['guarantee']]}[/bold]")
     out.print(f"avg_gap: {_fmt(r['avg_gap'])}   time: {times}")
+    models = _models_line(r)
+    if models:
+        out.print(models, markup=False, highlight=False)
     verdict = run_verdict(r)
     if verdict:
         out.print(verdict)
@@ -98,6 +102,22 @@ def _print_run(r: dict[str, Any]) -> None:
                   + (f"; already deleted: {e['already_deleted']}" if e["already_deleted"] else ""))
 
 
+def _models_line(r: dict[str, Any]) -> str | None:
+    """Where the original and the oracle came from: "original: loaded from cache (sha256 0123456789ab…), oracle:
+    trained in 12.3 s"."""
+    parts = []
+    for role, time_key in (("original", "train"), ("oracle", "oracle")):
+        m = (r.get("models") or {}).get(role)
+        if not m or "cached" not in m:
+            continue
+        if m["cached"]:
+            parts.append(f"{role}: loaded from cache (sha256 {str(m.get('sha256', ''))[:12]}…)")
+        else:
+            seconds = (r.get("time_s") or {}).get(time_key)
+            parts.append(f"{role}: trained" + (f" in {seconds:.1f} s" if seconds is not None else ""))
+    return ", ".join(parts) or None
+
+
 #: short column names and guarantee labels for a narrow terminal (below WIDE columns)
 SHORT = {"forget_acc": "forget", "retain_acc": "retain", "test_acc": "test", "forget_mae": "forget",
          "retain_mae": "retain", "test_mae": "test", "verbmem_f": "vmem_f", "knowmem_f": "kmem_f",
@@ -114,7 +134,7 @@ def _print_bench(doc: dict[str, Any]) -> None:
     keys = list(HEADLINE[doc["task_kind"]])
     narrow = out.width < WIDE
     challenge = any("challenge_score" in s for s in doc["summary"])
-    extra = ["challenge F", "challenge score"] if challenge else []
+    extra = (["ch.F", "ch.score"] if narrow else ["challenge F", "challenge score"]) if challenge else []
     fmt = _fmt_narrow if narrow else _fmt
     cols = (["method", "grnt", *(SHORT.get(k, k) for k in keys), "gap", "÷orc", *extra] if narrow else
             ["method", "guarantee", *keys, "avg_gap", "unlearn s", "÷ oracle", *extra])
@@ -146,6 +166,7 @@ def _print_bench(doc: dict[str, Any]) -> None:
         out.print("[dim]" + ", ".join(f"{v} = {k}" for k, v in SHORT.items() if k in keys)
                   + "; gap = avg_gap to the oracle; ÷orc = unlearn time ÷ oracle retrain time; grnt = guarantee "
                   "(appr = approximate, cert = certified, supp = suppression)"
+                  + ("; ch.F = challenge F, ch.score = challenge score" if challenge else "")
                   + ("; * = did not forget at these settings" if flagged else "") + "[/dim]")
     if challenge:
         n = next(s["challenge_n"] for s in doc["summary"] if "challenge_n" in s)
@@ -179,8 +200,9 @@ def run(task: str = typer.Option(..., "--task", help="task name (see `obliviate 
     shard_bytes = _shard_bytes(shard_size)
     _quiet(quiet)
     for path, flag in ((json_path, "--json"), (html_path, "--html")):
-        check_output_path(path, flag)
+        check_writable(path, flag)
     _check_save_model(save_model, task)
+    _check_cache(cache_dir, no_cache)
     task_opts, recipe, per_method = api.route_overrides(task, [method], split_overrides(set_ or []))
     result = api.unlearn(task, method, forget, seed=seed, device=device, oracle=not no_oracle,
                          task_options=task_opts, train=recipe, cache_dir=cache_dir, use_cache=not no_cache,
@@ -234,9 +256,26 @@ def _check_save_model(path: str | None, task: str) -> None:
     if task_class(task).kind == "language":
         if os.path.isfile(path):
             raise ObliviateError(f"--save-model {path}: is a file; a language model is saved as a directory")
-        check_output_path(os.path.join(path, "model.safetensors"), "--save-model")
+        check_writable(os.path.join(path, "model.safetensors"), "--save-model")
     else:
-        check_output_path(path, "--save-model")
+        check_writable(path, "--save-model")
+
+
+def _check_cache(cache_dir: str | None, no_cache: bool) -> None:
+    """The model cache must take files before anything is trained into it: --cache-dir, else $OBLIVIATE_CACHE or
+    the default (a cache that cannot be written would fail only after the training)."""
+    if no_cache:
+        return
+    if cache_dir:
+        check_cache_dir(cache_dir, "--cache-dir")
+        return
+    from obliviate.models.store import default_cache_dir
+
+    try:
+        check_cache_dir(default_cache_dir(), "$OBLIVIATE_CACHE" if os.environ.get("OBLIVIATE_CACHE") else
+                        "model cache")
+    except ObliviateError as exc:
+        raise ObliviateError(f"{exc}; pass --cache-dir DIR or --no-cache") from None
 
 
 def _parse_scal(text: str | None) -> list[int] | None:
@@ -257,13 +296,23 @@ def _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cac
         raise ObliviateError(f"--challenge N needs N >= 3 (N retrained and N unlearned models per method; with N = 2 the official buckets are empty and F is always 0), "
                              f"got {challenge}")
     for path, flag in ((json_path, "--json"), (html_path, "--html")):
-        check_output_path(path, flag)
+        check_writable(path, flag)
+    _check_cache(cache_dir, no_cache)
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    progress = (lambda r: None) if quiet or not dist.is_main() else (
-        lambda r: err.print(f"  {r['method']:<16} seed {r['seed']}  avg_gap {_fmt(r['avg_gap'])}  "
-                            f"unlearn {r['time_s']['unlearn']:.2f}s"
-                            + (f"  challenge F {r['challenge']['forgetting_quality']:.4f} score "
-                               f"{r['challenge']['score']:.4f}" if "challenge" in r else "")))
+    seen_seeds: set[int] = set()
+
+    def progress(r: dict[str, Any]) -> None:
+        if quiet or not dist.is_main():
+            return
+        if r["seed"] not in seen_seeds:  # the seed's original and oracle serve every method: say once
+            seen_seeds.add(r["seed"])
+            models = _models_line(r)
+            if models:
+                err.print(f"  seed {r['seed']}: {models}", markup=False, highlight=False)
+        err.print(f"  {r['method']:<16} seed {r['seed']}  avg_gap {_fmt(r['avg_gap'])}  "
+                  f"unlearn {r['time_s']['unlearn']:.2f}s"
+                  + (f"  challenge F {r['challenge']['forgetting_quality']:.4f} score "
+                     f"{r['challenge']['score']:.4f}" if "challenge" in r else ""))
     doc = api.bench(task, names, forget, seeds=seeds, device=device, overrides=split_overrides(set_ or []),
                     cache_dir=cache_dir, use_cache=not no_cache, on_run=progress, executor=executor,
                     ray_address=ray_address, challenge=challenge or 0, relearn=relearn, scal=_parse_scal(scal),
@@ -361,7 +410,8 @@ def tune_cmd(task: str = typer.Option(..., "--task", help="task name (see `obliv
     from obliviate.tune import tune
 
     _quiet(quiet)
-    check_output_path(out_path, "--out")
+    check_writable(out_path, "--out")
+    _check_cache(cache_dir, no_cache)
     seeds = _parse_seeds(test_seeds, "--test-seeds")
     progress = None if quiet else (lambda r: err.print(
         f"  trial {r['number']:>3}  avg_gap {_fmt(r['avg_gap'])}  ÷ oracle {_fmt(r['time_ratio'])}"
@@ -392,10 +442,13 @@ def demo(out_dir: str = typer.Option("reports", "--out", help="directory for dem
          quiet: bool = typer.Option(False, "--quiet", help="no progress or table")) -> None:
     """The main job on embedded defaults: digits MLP, forget a random 10 %, every method vs the oracle."""
     _quiet(quiet)
+    json_path, html_path = os.path.join(out_dir, "demo.json"), os.path.join(out_dir, "demo.html")
+    for path in (json_path, html_path):  # before the banner: a bad --out is the only line printed
+        check_writable(path, "--out")
+    _check_cache(None, False)
     if not quiet:
         out.print("[bold]obliviate demo[/bold]: digits MLP, forget random 10 % of the training set, "
                   "each method compared with the retrain oracle")
-    json_path, html_path = os.path.join(out_dir, "demo.json"), os.path.join(out_dir, "demo.html")
     _bench("digits", methods, "random:0.1", seeds, "cpu", [], json_path, html_path, None, False, quiet)
     if not quiet:
         out.print(f"wrote {json_path} and {html_path}")
@@ -490,7 +543,8 @@ def audit_cmd(task: str = typer.Option(..., "--task", help="a language task (see
 
     _quiet(quiet)
     for path, flag in ((json_path, "--json"), (html_path, "--html")):
-        check_output_path(path, flag)
+        check_writable(path, flag)
+    _check_cache(cache_dir, no_cache)
     require_language(task, getattr(task_class(task), "kind", None))  # before any data is loaded
     audit_values, rest = _split_audit(split_overrides(set_ or []))
     task_opts, recipe, per_method = api.route_overrides(task, [method], rest)
@@ -522,7 +576,7 @@ def plan_cmd(task: str = typer.Option(..., "--task", help="a language task with 
     from obliviate.tasks import get_task, task_class
     from obliviate.tasks.hf import GivenModelTask
 
-    check_output_path(json_path, "--json")
+    check_writable(json_path, "--json")
     if not issubclass(task_class(task), GivenModelTask):
         raise ObliviateError(f"obliviate plan needs a language task with a given model directory (hf, tofu, "
                              f"muse); {task} has none")
@@ -597,7 +651,8 @@ def methods_cmd(name: Optional[str] = typer.Argument(None, help="one method: its
         return
     t = Table(title="unlearning methods")
     for col in ("name", "guarantee", "needs", "kinds", "summary"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=col in ("name", "guarantee"),
+                     min_width=max(len(i[col]) for i in infos) if col in ("name", "guarantee") else None)
     for i in infos:
         t.add_row(i["name"], i["guarantee"], ",".join(i["needs"]) or "–", ",".join(i["kinds"]), i["summary"])
     out.print(t)

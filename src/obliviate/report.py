@@ -24,23 +24,10 @@ GUARANTEE_TEXT = {
 
 
 def check_output_path(path: str | None, flag: str) -> None:
-    """Fail before any work if ``path`` cannot be written (it is a directory, or its parent is a file)."""
-    if not path:
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise ObliviateError(f"{flag} {path}: is a directory, expected a file path")
-    parent = p.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ObliviateError(f"{flag} {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK):
-        raise ObliviateError(f"{flag} {path}: {parent} is not writable")
+    """Fail before any work if ``path`` cannot be written (a directory, a parent that is a file, no write)."""
+    from obliviate.atomic import check_writable  # the real create-and-remove probe (root passes os.access)
 
-
-#: kept for :mod:`obliviate.exact.cli_s3t` until it imports :func:`obliviate.atomic.atomic_write` itself
-_atomic_text = atomic_write
+    check_writable(path, flag)
 
 
 def json_safe(obj: Any) -> Any:
@@ -142,7 +129,7 @@ def html_page(title: str, body: str) -> str:
             f"<style>{_CSS}</style></head><body>{body}</body></html>\n")
 
 
-_page = html_page  # kept for obliviate.exact.cli_s3t and benchmarks/exact.py (their owners switch)
+_page = html_page  # kept for benchmarks/exact.py (its owner switches)
 
 
 def _run_body(r: dict[str, Any]) -> str:

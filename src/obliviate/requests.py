@@ -1,7 +1,7 @@
 """Forget specs: parse a user's request and resolve it to a sorted array of stable example ids.
 
-Specs (DESIGN.md): ``random:0.1`` (fraction), ``random:50`` (count), ``class:3`` / ``class:3,5`` / ``class:malignant``
-(a class index, or its name),
+Specs (README, "Forget specs"): ``random:0.1`` (fraction), ``random:50`` (count), ``class:3`` / ``class:3,5`` /
+``class:malignant`` (a class index, or its name),
 ``ids:4,8,15`` / ``ids@file.txt``, ``target<=30`` / ``target>=2.5`` (also ``<`` and ``>``),
 ``subjects:3`` (text tasks), ``forget-file`` (the hf task's forget file). The same spec, task and seed always give the same ids.
 """
@@ -79,7 +79,7 @@ def _ids(text: str, what: str, task) -> np.ndarray:
 
 
 def _parse_classes(text: str, names: list[str], spec: str) -> list[int]:
-    """Class indices of ``class:`` — an ASCII integer is an index (DESIGN.md), anything else a class name
+    """Class indices of ``class:`` — an ASCII integer is an index (README, "Forget specs"), anything else a class name
     (``class:malignant``; exact, else case-insensitive when that is unambiguous)."""
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -87,10 +88,26 @@ def progress_enabled() -> bool:
 
 
 @contextmanager
-def progress_bar(description: str, total: int):
-    """A rich progress bar on a terminal; a no-op under ``--quiet``, in CI, or when piped."""
+def progress_bar(description: str, total: int, detail: str | None = None):
+    """A rich progress bar on a terminal; piped or logged (not a TTY), one plain stderr line at the start and one
+    with the seconds at the end, so a log shows what ran; nothing under ``--quiet`` / OBLIVIATE_QUIET or in CI."""
     if not progress_enabled():
+        if sys.stderr.isatty() or os.environ.get("OBLIVIATE_QUIET") or os.environ.get("CI"):
+            yield lambda n=1: None
+            return
+        from obliviate.dist import is_main
+
+        if not is_main():  # under a launcher, rank 0 speaks for every process
+            yield lambda n=1: None
+            return
+        label = description if description.startswith("train") else f"train {description}"
+        what = detail or f"{total} steps"
+        many = " shard " in f" {description} "  # one of an exact system's many sub-models: one line, at the end
+        if not many:
+            _line(f"{label}: {what} …")
+        start = time.perf_counter()
         yield lambda n=1: None
+        _line(f"{label}: {what + ', ' if many else ''}done in {time.perf_counter() - start:.1f} s")
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -98,6 +115,12 @@ def progress_bar(description: str, total: int):
                   TimeElapsedColumn(), transient=True) as prog:
         tid = prog.add_task(description, total=total)
         yield lambda n=1: prog.advance(tid, n)
+
+
+def _line(text: str) -> None:
+    """One write per line: shard workers share the terminal's stderr, and must not interleave mid-line."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, recipe, kind: str, seed: int,
@@ -126,7 +149,8 @@ def train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, recipe, kind: st
     gr_alpha = float(getattr(recipe, "grad_restriction", 0.0) or 0.0)
     gr_norm = getattr(recipe, "grad_restriction_norm", "per_tensor")
     gr_params = [p for p in model.parameters() if p.requires_grad] if gr_alpha > 0 else []
-    with progress_bar(description, epochs * steps_per_epoch) as advance:
+    detail = (f"seed {seed}, " if seed < 1000 else "") + f"{epochs} epochs"  # derived shard seeds are long
+    with progress_bar(description, epochs * steps_per_epoch, detail) as advance:
         for _ in range(epochs):
             for idx in batches(n, recipe.batch_size, gen):
                 idx = idx.to(device)

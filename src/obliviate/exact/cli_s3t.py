@@ -1,5 +1,6 @@
 """``obliviate s3t ...``: S3T tools on the command line (wired into the main app as ``app.add_typer(s3t_app,
-name="s3t")``). ``simulate`` is the deletion-capability simulation of DESIGN.md, schema ``obliviate.s3t-simulate/1``.
+name="s3t")``). ``simulate`` is the deletion-capability simulation of the S3T paper (README, "Exact unlearning:
+SISA and S3T"), schema ``obliviate.s3t-simulate/1``.
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from obliviate.atomic import atomic_write, check_writable
 from obliviate.errors import ObliviateError
 from obliviate.exact.sequences import SELECTIONS
 from obliviate.exact.simulate import parse_budget, simulate_range
-from obliviate.report import _atomic_text, _page, check_output_path, svg_of, write_json
+from obliviate.report import html_page, svg_of, write_json
 
 s3t_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                       help="S3T (sequence-aware sharded sliced training) tools: the deletion-capability simulator.")
@@ -109,7 +111,7 @@ def render_html(doc: dict[str, Any]) -> str:
             f"m·L·H<sub>n</sub> for n such pairs.</p>"
             f"<details><summary>JSON ({html.escape(doc['schema'])})</summary><pre>"
             f"{html.escape(json.dumps(doc, indent=2))}</pre></details>")
-    return _page(title, body)
+    return html_page(title, body)
 
 
 @s3t_app.command()
@@ -128,7 +130,7 @@ def simulate(shards: int = typer.Option(..., "--shards", help="number of shards 
              quiet: bool = typer.Option(False, "--quiet", help="no table")) -> None:
     """Mean number of random deletion requests absorbed before every shard must retrain (S3T paper's simulation)."""
     for path, flag in ((json_path, "--json"), (html_path, "--html")):
-        check_output_path(path, flag)
+        check_writable(path, flag)
     budgets = parse_budget(budget)
     probs = parse_prior(prior, slices) if slices >= 1 else None
     start = time.perf_counter()
@@ -137,6 +139,6 @@ def simulate(shards: int = typer.Option(..., "--shards", help="number of shards 
     if json_path:
         write_json(doc, json_path)
     if html_path:
-        _atomic_text(html_path, render_html(doc))
+        atomic_write(html_path, render_html(doc))
     if not quiet:
         print_table(doc, seconds)

@@ -12,7 +12,7 @@ N−1−(p·k+i), i < k (position 0 the top k layers).
 Adapter ``i`` of a wrapper adds (α/√r)·B_i A_i dropout(x) (rsLoRA scaling, ``use_rslora=True`` in the
 official code; LoRA dropout on the adapter input, active in training mode only, as peft's ``lora_dropout``);
 only the first ``active`` adapters are applied, so deactivating positions never touches merged weights
-(methods.md §3 pitfall 2).
+(S3T, arXiv 2406.16257: a deactivated position must not leave its update in the weights).
 """
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ from obliviate.errors import ObliviateError
 
 def derive_seed(*parts: Any) -> int:
     """A 63-bit seed from any parts: every random choice of a shard, slice or prefix gets its own stream,
-    so a model is a function of its own data alone (methods.md §2 pitfall 1, §3 pitfall 3)."""
+    so a model is a function of its own data alone (the per-shard determinism SISA's exactness needs, Bourtoule
+    et al. 2021; S3T orders and seeds each prefix by its own slices)."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 

@@ -1,7 +1,7 @@
 """S3T (Chowdhury et al., ICLR 2025): per shard, B orderings ("sequences") of its L slices; position i of a
 sequence trains its own LoRA block on the union of the sequence's first i slices with everything else
 frozen; a deletion truncates every sequence of the shard before the deleted slice — no training until a
-shard has no surviving sequence (methods.md §3).
+shard has no surviving sequence (arXiv 2406.16257; official code brcsomnath/S3T).
 
 Exactness: the model served for prefix P of shard s is a function of (seed, s, P, the data of P's slices)
 alone — the backbone is a seeded, data-free initialisation; block i's initialisation, data order and

@@ -3,7 +3,7 @@
 A deletion in slice k truncates every sequence of its shard just before k, and a shard must be retrained only
 once every sequence has been truncated to length 0. Which orderings are trained therefore decides how many
 deletions the system absorbs and how long the served prefixes stay. The selections here follow the official
-S3T code (brcsomnath/S3T, commit 3ecb73b; methods.md §3 "Sequence selection"):
+S3T code (brcsomnath/S3T, commit 3ecb73b, ``src/sequence_selection.py`` and ``src/inference.py``):
 
 - ``cyclic``  -- ``get_cyclic(L, B)`` of ``src/sequence_selection.py`` / ``src/deletion.py``, output for output
   (including its recursive scheme for B > L);

@@ -1,6 +1,6 @@
 """S3T deletion-capability simulator: how many random deletion requests a sharded, sliced system absorbs
-before some retraining is unavoidable everywhere (methods.md §3; the ``s3t()`` procedure of the official
-``src/deletion.py``, brcsomnath/S3T commit 3ecb73b; read from its Jupyter autosave copy
+before some retraining is unavoidable everywhere (S3T, arXiv 2406.16257, Figs. 5–8; the ``s3t()`` procedure of
+the official ``src/deletion.py``, brcsomnath/S3T commit 3ecb73b; read from its Jupyter autosave copy
 ``src/.ipynb_checkpoints/deletion-checkpoint.py``, the only copy of that file available when this was written).
 
 Official procedure, reproduced by :func:`replay` on an explicit request stream:
@@ -237,7 +237,8 @@ def simulate(shards: int, slices: int, budget: int, selection: str = "cyclic", t
 
 def simulate_range(shards: int, slices: int, budgets: Sequence[int], selection: str = "cyclic", trials: int = 1000,
                    seed: int = 0, probs: Any = None) -> dict[str, Any]:
-    """The ``obliviate.s3t-simulate/1`` document (DESIGN.md) for several budgets, plus a SISA baseline.
+    """The ``obliviate.s3t-simulate/1`` document (README, "Exact unlearning: SISA and S3T") for several budgets,
+    plus a SISA baseline.
 
     Everything is validated before any simulation runs. All budgets and the baseline use the same seed and so
     the same request streams. ``sisa`` is B = 1 with the identity order under the same requests (equal to the

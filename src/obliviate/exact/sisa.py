@@ -1,5 +1,6 @@
 """SISA (Bourtoule et al. 2021): shards trained in isolation over cumulative slices, one checkpoint per
-slice; a deletion retrains only its shard from the checkpoint before the affected slice (methods.md §2).
+slice; a deletion retrains only its shard from the checkpoint before the affected slice (arXiv 1912.03817;
+official code cleverhans-lab/machine-unlearning).
 
 Exactness rests on three rules: a shard's initialisation, data order and dropout at slice ``r`` are seeded
 by (seed, shard, r) only; the optimiser is fresh at every slice (so a checkpoint is the whole training

@@ -104,6 +104,10 @@ def serve(db: Optional[str] = DbOpt,
     if max_body < 1024:
         raise ObliviateError(f"--max-body must be at least 1024 bytes, got {max_body}")
     _check_port(host, port)
+    from obliviate.atomic import check_cache_dir
+
+    check_cache_dir(data_dir, "--data-dir")  # before the first start trains the model into them
+    check_cache_dir(model_dir, "--model-dir")
     values = _route_sets(split_overrides(set_ or []), task)
     for k, v in (("name", name), ("task", task), ("method", method)):
         if v is not None:
@@ -176,13 +180,12 @@ def export_cmd(out_path: str = typer.Option(..., "--out", help="file to write (.
     """The audit trail for an auditor: requests (evidence, never the deleted ids), model versions, the event log
     and the chain check."""
     from obliviate.ledger.store import Ledger
-    from obliviate.atomic import atomic_write
-    from obliviate.report import check_output_path
+    from obliviate.atomic import atomic_write, check_writable
 
     fmt = (fmt or Path(out_path).suffix.lstrip(".") or "json").lower()
     if fmt not in ("json", "csv"):
         raise ObliviateError(f"--format must be json or csv, got {fmt!r}")
-    check_output_path(out_path, "--out")
+    check_writable(out_path, "--out")
     ledger = Ledger(_db_url(db, data_dir), create=False, migrate=False)
     try:
         doc = ledger.export()

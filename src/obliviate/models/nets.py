@@ -3,7 +3,7 @@
 ``TabularNet`` keeps its input standardisation, missing-value imputation (and, for regression, target
 scaling) as buffers fitted
 on the data it is trained on, so a retrained oracle recomputes them from the retain set alone instead of
-inheriting statistics of the forgotten rows (methods.md §1 pitfall 1).
+inheriting statistics of the forgotten rows (an oracle recomputes everything derived from the data).
 """
 from __future__ import annotations
 
