@@ -102,9 +102,9 @@ def _print_run(r: dict[str, Any]) -> None:
                   + (f"; already deleted: {e['already_deleted']}" if e["already_deleted"] else ""))
 
 
-def _models_line(r: dict[str, Any]) -> str | None:
-    """Where the original and the oracle came from: "original: loaded from cache (sha256 0123456789ab…), oracle:
-    trained in 12.3 s"."""
+def _models_line(r: dict[str, Any], sep: str = "\n") -> str | None:
+    """Where the original and the oracle came from, one short line each (never wrapped at 80 columns):
+    "original: loaded from cache (sha256 0123456789ab…)" / "oracle: trained in 12.3 s"."""
     parts = []
     for role, time_key in (("original", "train"), ("oracle", "oracle")):
         m = (r.get("models") or {}).get(role)
@@ -115,7 +115,7 @@ def _models_line(r: dict[str, Any]) -> str | None:
         else:
             seconds = (r.get("time_s") or {}).get(time_key)
             parts.append(f"{role}: trained" + (f" in {seconds:.1f} s" if seconds is not None else ""))
-    return ", ".join(parts) or None
+    return sep.join(parts) or None
 
 
 #: short column names and guarantee labels for a narrow terminal (below WIDE columns)
@@ -306,9 +306,9 @@ def _bench(task, methods, forget, seeds, device, set_, json_path, html_path, cac
             return
         if r["seed"] not in seen_seeds:  # the seed's original and oracle serve every method: say once
             seen_seeds.add(r["seed"])
-            models = _models_line(r)
+            models = _models_line(r, ", ")
             if models:
-                err.print(f"  seed {r['seed']}: {models}", markup=False, highlight=False)
+                err.print(f"  seed {r['seed']}: {models}", markup=False, highlight=False, soft_wrap=True)
         err.print(f"  {r['method']:<16} seed {r['seed']}  avg_gap {_fmt(r['avg_gap'])}  "
                   f"unlearn {r['time_s']['unlearn']:.2f}s"
                   + (f"  challenge F {r['challenge']['forgetting_quality']:.4f} score "
