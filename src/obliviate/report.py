@@ -2,11 +2,13 @@
 ``obliviate.bench/1``) and one self-contained HTML page (plots inlined as SVG) comparing original, unlearned and oracle per metric."""
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,9 @@ th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 .badge{display:inline-block;padding:.1rem .5rem;border-radius:.6rem;font-size:.8rem;color:#fff}
 .exact{background:#2e7d32}.certified{background:#1565c0}.approximate{background:#ef6c00}.suppression{background:#6a1b9a}
 .note{color:#555;font-size:.85rem} .best{font-weight:bold;background:#eef7ee} pre{background:#f7f7f7;padding:.6rem;overflow:auto}
-.verdict{border-left:4px solid #2e7d32;background:#f4faf4;padding:.5rem .8rem;margin:.8rem 0} .reference td{color:#444;background:#fafafa}
+.toc{background:#fafafa;border:1px solid #eee;padding:.4rem .8rem;margin:.8rem 0;font-size:.9rem}
+.toc ul{margin:.2rem 0;padding-left:1.2rem;columns:2} .toc-h3{margin-left:1rem;font-size:.85rem}
+svg.chart{display:block;margin:.6rem 0} .verdict{border-left:4px solid #2e7d32;background:#f4faf4;padding:.5rem .8rem;margin:.8rem 0} .reference td{color:#444;background:#fafafa}
 """
 
 
@@ -71,61 +75,300 @@ def _badge(guarantee: str) -> str:
     return f'<span class="badge {guarantee}" title="{html.escape(GUARANTEE_TEXT.get(guarantee, ""))}">{guarantee}</span>'
 
 
+# -- charts: one colour per method on every page, SVGs that scale to the page ------------------------------------
+
+#: the methods obliviate ships, each with its own colour (so two methods on one page never share one); a name not
+#: listed gets a colour from its hash, so it is still the same on every chart and page
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+            "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#1b9e77", "#d95f02", "#7570b3", "#e7298a",
+            "#66a61e", "#e6ab02", "#a6761d", "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#a65628", "#f781bf",
+            "#5254a3", "#8ca252", "#bd9e39", "#ad494a", "#a55194", "#6b6ecf", "#b5cf6b", "#e7ba52", "#d6616b",
+            "#ce6dbd", "#9c9ede", "#e7969c", "#00a3a3", "#b8860b")
+_KNOWN = ("finetune", "gradient_ascent", "npo", "scrub", "salun", "random_label", "l1_sparse", "bad_teacher",
+          "fisher", "influence", "certified", "sisa", "s3t", "retrain", "ga_gdr", "ga_klr", "npo_gdr", "npo_klr",
+          "simnpo", "rmu", "dpo", "idk_dpo", "task_vector", "whp", "grad_diff", "wga", "satimp", "undial", "altpo",
+          "ce_u", "pdu", "laf", "laf_r", "iau", "blindspot", "gaussian_finetune", "ga_klr_muse", "npo_klr_muse",
+          "npo_muse", "guard", "filter")
+METHOD_COLOR = dict(zip(_KNOWN, _PALETTE))
+#: the references are neutral: greys, never a method's colour
+NEUTRAL_COLOR = {"original": "#9e9e9e", "do nothing": "#9e9e9e", "oracle": "#424242", "target": "#000000"}
+
+
+def method_color(name: str) -> str:
+    """The colour of a method (or of original / oracle / do nothing) on every chart of every page."""
+    if name in NEUTRAL_COLOR:
+        return NEUTRAL_COLOR[name]
+    if name in METHOD_COLOR:
+        return METHOD_COLOR[name]
+    return _PALETTE[int(hashlib.sha256(name.encode()).hexdigest(), 16) % len(_PALETTE)]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9_]+", "-", text.lower()).strip("-") or "x"
+
+
 def svg_of(fig) -> str:
-    """A matplotlib figure as an inline ``<svg>`` element (closed after rendering)."""
+    """A matplotlib figure as an inline ``<svg>`` that scales with the page: its ``viewBox`` kept, ``width="100%"``
+    and its natural size as ``max-width``; element ids prefixed by a hash of the drawing, so two charts on one page
+    never share an id (clip paths, markers) while the same document still renders the same page."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
     buf = io.StringIO()
-    fig.savefig(buf, format="svg")
+    fig.savefig(buf, format="svg", bbox_inches="tight", pad_inches=0.05, metadata={"Date": None})
     plt.close(fig)
     svg = buf.getvalue()
-    return svg[svg.index("<svg"):]
+    svg = svg[svg.index("<svg"):]
+    p = "c" + hashlib.sha1(svg.encode()).hexdigest()[:8] + "-"
+    svg = re.sub(r'\bid="', f'id="{p}', svg)
+    svg = re.sub(r"url\(#", f"url(#{p}", svg)
+    svg = re.sub(r'href="#', f'href="#{p}', svg)
+    head_end = svg.index(">")
+    head = svg[:head_end]
+    w = re.search(r'\swidth="([\d.]+)pt"', head)
+    head = re.sub(r'\s(width|height)="[^"]*"', "", head)
+    style = f"max-width:{w.group(1)}pt;height:auto" if w else "height:auto"
+    return head + f' width="100%" style="{style}" class="chart"' + svg[head_end:]
 
 
-def _svg_bars(groups: list[str], series: dict[str, list[float]], title: str) -> str:
-    """A grouped bar chart as inline SVG (matplotlib, Agg backend)."""
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _ok(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _xticks(ax, xs, labels: list[str]) -> None:
+    """Long or many labels are rotated (right-aligned under their tick) so they never overlap."""
+    crowded = len(labels) > 4 or max((len(s) for s in labels), default=0) > 10
+    ax.set_xticks(xs, labels, rotation=30 if crowded else 0, ha="right" if crowded else "center", fontsize=8,
+                  rotation_mode="anchor" if crowded else "default")
+
+
+def _legend_outside(ax, **kw) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), **kw)
+
+
+def _svg_bars(groups: list[str], series: dict[str, list[float]], title: str,
+              errors: dict[str, list[float | None]] | None = None, hline: tuple[str, float] | None = None,
+              ylabel: str = "") -> str:
+    """A grouped bar chart: one series per method (its colour), ± std error bars where ``errors`` has them,
+    an optional reference line (e.g. doing nothing), the legend outside the plot."""
+    plt = _plt()
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(groups) + 2), 3.2))
+    fig, ax = plt.subplots(figsize=(min(11.0, max(4.5, 0.9 * len(groups) * max(1, len(series)) ** 0.5 + 2)), 3.2))
     width = 0.8 / max(1, len(series))
     xs = np.arange(len(groups))
     for i, (label, values) in enumerate(series.items()):
-        vals = [v if v is not None and v == v else 0.0 for v in values]
-        ax.bar(xs + (i - (len(series) - 1) / 2) * width, vals, width, label=label)
-    ax.set_xticks(xs, groups, rotation=20 if len(groups) > 5 else 0, ha="right" if len(groups) > 5 else "center")
+        pos = xs + (i - (len(series) - 1) / 2) * width
+        vals = [v if _ok(v) else 0.0 for v in values]
+        bars = ax.bar(pos, vals, width, label=label, color=method_color(label))
+        for j, b in enumerate(bars):
+            b.set_gid(f"series-{_slug(label)}-{j}")
+        err = (errors or {}).get(label)
+        if err and any(_ok(e) and e > 0 for e in err):
+            eb = ax.errorbar(pos, vals, yerr=[e if _ok(e) else 0.0 for e in err], fmt="none", ecolor="#222",
+                             elinewidth=1, capsize=3)
+            eb.lines[2][0].set_gid(f"errorbar-{_slug(label)}")
+    if hline is not None and _ok(hline[1]):
+        ax.axhline(hline[1], color=method_color(hline[0]), linestyle="--", linewidth=1.2, label=hline[0],
+                   gid=f"series-{_slug(hline[0])}-line")
+    _xticks(ax, xs, groups)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=9)
+    _legend_outside(ax)
     ax.spines[["top", "right"]].set_visible(False)
+    return svg_of(fig)
+
+
+def _svg_method_bars(methods: list[str], values: list[float | None], errors: list[float | None], title: str,
+                     hline: tuple[str, float | None] | None = None, ylabel: str = "") -> str:
+    """One bar per method in its colour (± std where given), an optional reference line (doing nothing)."""
+    plt = _plt()
+
+    fig, ax = plt.subplots(figsize=(min(11.0, max(4.5, 0.55 * len(methods) + 3.0)), 3.2))
+    for j, (m, v, e) in enumerate(zip(methods, values, errors)):
+        b = ax.bar([j], [v if _ok(v) else 0.0], 0.7, color=method_color(m))
+        b[0].set_gid(f"series-{_slug(m)}-0")
+        if _ok(e) and e > 0 and _ok(v):
+            eb = ax.errorbar([j], [v], yerr=[e], fmt="none", ecolor="#222", elinewidth=1, capsize=3)
+            eb.lines[2][0].set_gid(f"errorbar-{_slug(m)}")
+    if hline is not None and _ok(hline[1]):
+        ax.axhline(hline[1], color=method_color(hline[0]), linestyle="--", linewidth=1.2, label=hline[0],
+                   gid=f"series-{_slug(hline[0])}-line")
+    _xticks(ax, list(range(len(methods))), methods)
+    ax.set_title(title, fontsize=10)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=9)
+    _legend_outside(ax)
+    ax.spines[["top", "right"]].set_visible(False)
+    return svg_of(fig)
+
+
+def _svg_panels(keys: list[str], series: dict[str, list[float]], title: str,
+                errors: dict[str, list[float | None]] | None = None) -> str:
+    """Metrics on different scales (divergences, PrivLeak, step counts): one small panel, with its own y axis,
+    per metric; the same series colours as every other chart."""
+    plt = _plt()
+
+    n = len(keys)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    names = list(series)
+    fig, axes = plt.subplots(rows, cols, figsize=(min(11.0, 2.4 * cols + 1.8), 2.6 * rows), squeeze=False)
+    for idx, key in enumerate(keys):
+        ax = axes[idx // cols][idx % cols]
+        for j, name in enumerate(names):
+            v = series[name][idx]
+            b = ax.bar([j], [v if _ok(v) else 0.0], 0.8, color=method_color(name), label=name)
+            b[0].set_gid(f"series-{_slug(name)}-{key}")
+            e = (errors or {}).get(name, [None] * n)[idx]
+            if _ok(e) and e > 0 and _ok(v):
+                eb = ax.errorbar([j], [v], yerr=[e], fmt="none", ecolor="#222", elinewidth=1, capsize=3)
+                eb.lines[2][0].set_gid(f"errorbar-{_slug(name)}-{key}")
+        ax.set_title(key, fontsize=9)
+        ax.set_xticks([])
+        ax.tick_params(labelsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    for idx in range(n, rows * cols):
+        axes[idx // cols][idx % cols].set_visible(False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 0.95))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return svg_of(fig)
 
 
 def _svg_scatter(points: list[tuple[str, float | None, float | None]], xlabel: str, ylabel: str, title: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """One point per method in its colour; the names are in the legend (outside), so labels never overlap."""
+    plt = _plt()
 
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for label, x, y in points:
-        if x is None or y is None or x != x or y != y:
+        if not (_ok(x) and _ok(y)):
             continue
-        ax.scatter([x], [y], s=30)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.scatter([x], [y], s=36, color=method_color(label), label=label,
+                   gid=f"series-{_slug(label)}-point")
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel(ylabel, fontsize=9)
     ax.set_title(title, fontsize=10)
+    _legend_outside(ax)
     ax.spines[["top", "right"]].set_visible(False)
     return svg_of(fig)
 
 
-def html_page(title: str, body: str) -> str:
-    """One self-contained HTML page (the report's CSS inline) around ``body``."""
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+def _svg_curves(xs: list, series: dict[str, dict[str, list]], xlabel: str, title: str,
+                hlines: dict[str, float] | None = None) -> str:
+    """Curves per metric, one panel each (``series[metric][role]``): the unlearned model in its method's colour
+    (the role is the method name), the oracle and the original in their neutral greys (the oracle dashed)."""
+    plt = _plt()
+
+    keys = list(series)
+    cols = min(len(keys), 4) or 1
+    rows = max(1, (len(keys) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(min(11.0, 2.6 * cols + 2.0), 2.6 * rows), squeeze=False)
+    seen: dict[str, Any] = {}
+    for idx, key in enumerate(keys):
+        ax = axes[idx // cols][idx % cols]
+        for role, ys in series[key].items():
+            pts = [(x, y) for x, y in zip(xs, ys) if _ok(y)]
+            if not pts:
+                continue
+            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=role,
+                            color=method_color(role), linestyle="--" if role == "oracle" else "-",
+                            gid=f"series-{_slug(role)}-{_slug(key)}")
+            seen.setdefault(role, line)
+        for label, y in (hlines or {}).items():
+            if _ok(y):
+                seen.setdefault(label, ax.axhline(y, color=NEUTRAL_COLOR["target"], linestyle=":", linewidth=1,
+                                                  label=label))
+        ax.set_title(key, fontsize=9)
+        if len(xs) <= 12:
+            ax.set_xticks(xs)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    for idx in range(len(keys), rows * cols):
+        axes[idx // cols][idx % cols].set_visible(False)
+    fig.legend(list(seen.values()), list(seen), fontsize=8, frameon=False, loc="upper left",
+               bbox_to_anchor=(1.0, 0.95))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return svg_of(fig)
+
+
+#: metrics whose values live in [0, 1] (accuracies, rates, MIA, KnowMem/VerbMem, utility); everything else
+#: (divergences, distances, errors, PrivLeak %, step counts) is drawn on its own axis
+UNIT_METRICS = {"forget_acc", "retain_acc", "test_acc", "mia", "test_acc_forgotten", "test_acc_remaining", "zrf",
+                "verbmem_f", "knowmem_f", "knowmem_r", "forget_quality", "utility", "truth_ratio", "forget_prob",
+                "mia_efficacy"}
+
+
+def split_scales(keys: list[str], *value_rows: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(keys drawn on the shared [0, 1] axis, keys drawn each on its own axis): a key goes on the shared axis only
+    if it is a known [0, 1] metric and every value shown for it is in [0, 1]."""
+    unit, other = [], []
+    for k in keys:
+        vals = [row.get(k) for row in value_rows if _ok(row.get(k))]
+        if not vals:
+            continue
+        (unit if k in UNIT_METRICS and all(0.0 <= v <= 1.0 for v in vals) else other).append(k)
+    return unit, other
+
+
+# -- pages: a table of contents from the headings -------------------------------------------------------------------
+
+_HEADING = re.compile(r"<(h[23])([^>]*)>(.*?)</\1>", re.S)
+TOC_MARK = "<!--toc-->"
+
+
+def _with_toc(body: str) -> str:
+    """Give every h2/h3 a unique id and put a table of contents (links to them) at ``TOC_MARK``, or after the
+    page's h1."""
+    used: dict[str, int] = {}
+    entries = []
+
+    def name(m: re.Match) -> str:
+        tag, attrs, inner = m.groups()
+        found = re.search(r'\bid="([^"]+)"', attrs)
+        text = html.unescape(re.sub(r"<[^>]+>", "", inner)).strip()
+        if found:
+            anchor = found.group(1)
+        else:
+            base = "s-" + _slug(text)
+            used[base] = used.get(base, 0) + 1
+            anchor = base if used[base] == 1 else f"{base}-{used[base]}"
+            attrs = f'{attrs} id="{anchor}"'
+        entries.append((tag, anchor, text))
+        return f"<{tag}{attrs}>{inner}</{tag}>"
+
+    body = _HEADING.sub(name, body)
+    if not entries:
+        return body.replace(TOC_MARK, "")
+    items = "".join(f"<li class='toc-{tag}'><a href=\"#{anchor}\">{html.escape(text)}</a></li>"
+                    for tag, anchor, text in entries)
+    toc = f"<nav class='toc'><b>Contents</b><ul>{items}</ul></nav>"
+    if TOC_MARK in body:
+        return body.replace(TOC_MARK, toc, 1)
+    at = body.find("</h1>")
+    return body[:at + 5] + toc + body[at + 5:] if at >= 0 else toc + body
+
+
+def html_page(title: str, body: str, toc: bool = True) -> str:
+    """One self-contained HTML page (the report's CSS inline) around ``body``, with a table of contents of its
+    h2/h3 headings at the top."""
+    if toc:
+        body = _with_toc(body)
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>{body}</body></html>\n")
 
 
@@ -136,7 +379,8 @@ def _run_body(r: dict[str, Any]) -> str:
     metrics = r["metrics"]
     if not metrics.get("unlearned"):  # a deletion service no-op: every id was already gone, no model changed
         note = r.get("service", {}).get("note", "no model was changed")
-        return (f"<h2>{html.escape(r['method'])} {_badge(r['guarantee'])}</h2><p>{html.escape(note)}</p>"
+        return (f"<h2>{html.escape(r['method'])} {_badge(r['guarantee'])} <small>seed {r.get('seed')}</small></h2>"
+                f"<p>{html.escape(note)}</p>"
                 + _service_html(r))
     roles = [k for k in ("original", "unlearned", "oracle") if k in metrics]
     keys = list(metrics["unlearned"])
@@ -144,10 +388,18 @@ def _run_body(r: dict[str, Any]) -> str:
         f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{_fmt(metrics[role].get(k))}</td>" for role in roles)
         + f"<td>{_fmt(r.get('gap', {}).get(k))}</td></tr>" for k in keys)
     head = "".join(f"<th>{role}</th>" for role in roles)
-    # step counts and percentages (relearn steps, PrivLeak) live on other scales than the [0, 1] metrics
-    plotted = [k for k in keys if k not in ("relearn_steps", "anamnesis", "privleak")]
-    chart = _svg_bars(plotted, {role: [metrics[role].get(k) for k in plotted] for role in roles},
-                      f"{r['method']} on {r['task']} — forget {r['forget']['spec']}")
+    # the unlearned bars in the method's colour, original and oracle in their neutral greys; [0, 1] metrics share
+    # one axis, divergences / PrivLeak / step counts get one axis each
+    names = {"original": "original", "unlearned": r["method"], "oracle": "oracle"}
+    unit, other = split_scales(keys, *(metrics[role] for role in roles))
+    where = f"{r['method']} on {r['task']}, seed {r.get('seed')} — forget {r['forget']['spec']}"
+    chart = ""
+    if unit:
+        chart += _svg_bars(unit, {names[role]: [metrics[role].get(k) for k in unit] for role in roles},
+                           f"{where}: accuracies and rates", ylabel="[0, 1]")
+    if other:
+        chart += _svg_panels(other, {names[role]: [metrics[role].get(k) for k in other] for role in roles},
+                             f"{where}: divergences and other scales (one axis each)")
     t = r.get("time_s", {})
     times = "".join(f"<tr><td>{k}</td><td>{_fmt(v)}</td></tr>" for k, v in t.items())
     exact = ""
@@ -168,17 +420,22 @@ def _run_body(r: dict[str, Any]) -> str:
             rows_e.append(("verified against a from-scratch retrain",
                            f"{'identical' if v['verified'] else 'DIFFERENT'} (max |Δθ| {v['max_abs_diff']:.3g}, "
                            f"{v['shards_checked']} shards)"))
-        exact = ("<table><tr><th colspan='2'>deletion cost (exact unlearning)</th></tr>"
+        exact = ("<h3>Deletion cost (exact unlearning)</h3><p class='note'>The gap to the oracle is zero by "
+                 "construction here (the served model is the sharded model retrained without the forget set); the "
+                 "price of exactness is the <i>exact gap</i>: the sharded model's accuracy against a single model "
+                 "trained on the same data (benchmarks/exact.py, column Δ vs plain).</p>"
+                 "<table><tr><th colspan='2'>deletion cost (exact unlearning)</th></tr>"
                  + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows_e)
                  + "</table>")
     extras = _service_html(r) + _relearn_html(r) + _challenge_html(r) + _suppression_html(r) + _scal_sust_html(r)
-    return (f"<h2>{html.escape(r['method'])} {_badge(r['guarantee'])}</h2>"
+    return (f"<h2>{html.escape(r['method'])} {_badge(r['guarantee'])} <small>seed {r.get('seed')}</small></h2>"
             f"<p class='note'>{html.escape(GUARANTEE_TEXT.get(r['guarantee'], ''))}</p>"
             f"<p>forget <code>{html.escape(r['forget']['spec'])}</code>: {r['forget']['n']} examples "
             f"(sha256 {r['forget']['sha256'][:16]}…), retain {r['retain']['n']}; seed {r['seed']}, device {r['device']}; "
             f"avg_gap <b>{_fmt(r.get('avg_gap'))}</b></p>"
             + (f"<p class='verdict'>{html.escape(v)}</p>" if (v := run_verdict(r)) else "")
-            + f"<table><tr><th>metric</th>{head}<th>gap to oracle</th></tr>{rows}</table>{chart}"
+            + f"<h3>Metrics: {html.escape(r['method'])}, seed {r.get('seed')}</h3>"
+            f"<table><tr><th>metric</th>{head}<th>gap to oracle</th></tr>{rows}</table>{chart}"
             f"{exact}{extras}<table><tr><th>time</th><th>seconds</th></tr>{times}</table>"
             f"<details><summary>config, recipe and versions</summary><pre>"
             f"{html.escape(json.dumps({'config': r.get('config'), 'train': r.get('train'), 'task_options': r.get('task_options'), 'models': r.get('models'), 'versions': r.get('versions')}, indent=2, default=str))}"
@@ -210,31 +467,6 @@ def _suppression_html(r: dict[str, Any]) -> str:
 CURVE_KEYS = ("verbmem_f", "knowmem_f", "knowmem_r", "utility")
 
 
-def _svg_curves(xs: list, series: dict[str, list], xlabel: str, title: str) -> str:
-    """Metric curves (solid: unlearned; dashed: the oracle at the same point)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8.0, 3.4))
-    colors = {}
-    for label, ys in series.items():
-        key = label.split(" ")[0]
-        pts = [(x, y) for x, y in zip(xs, ys) if y is not None and y == y]
-        if not pts:
-            continue
-        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, label=label,
-                        linestyle="--" if "oracle" in label else "-", color=colors.get(key))
-        colors.setdefault(key, line.get_color())
-    ax.set_xticks(xs)
-    ax.set_xlabel(xlabel, fontsize=9)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    ax.spines[["top", "right"]].set_visible(False)
-    return svg_of(fig)
-
-
 def _curve_table(points: list[dict], xkey: str, xlabel: str) -> str:
     keys = [k for k in (*CURVE_KEYS, "privleak", "forget_quality") if k in points[0]["metrics"]["unlearned"]]
     head = "".join(f"<th>{k}</th>" for k in keys)
@@ -255,10 +487,8 @@ def _scal_sust_html(r: dict[str, Any]) -> str:
         pts = b["points"] if block == "scalability" else b["steps"]
         xs = [p[xkey] for p in pts]
         keys = [k for k in CURVE_KEYS if k in pts[0]["metrics"]["unlearned"]]
-        series = {}
-        for k in keys:
-            series[f"{k} unlearned"] = [p["metrics"]["unlearned"].get(k) for p in pts]
-            series[f"{k} oracle"] = [p["metrics"].get("oracle", {}).get(k) for p in pts]
+        series = {k: {r["method"]: [p["metrics"]["unlearned"].get(k) for p in pts],
+                      "oracle": [p["metrics"].get("oracle", {}).get(k) for p in pts]} for k in keys}
         out += (f"<h3>{title} ({r['method']})</h3>" + _svg_curves(xs, series, xlabel, f"{title}: {r['method']}")
                 + _curve_table(pts, xkey, xlabel))
     return out
@@ -351,26 +581,39 @@ def render_bench_html(doc: dict[str, Any]) -> str:
                        if challenge else "") + "</tr>")
     head = "".join(f"<th>{k}</th>" for k in keys)
     methods = [s["method"] for s in summary]
-    chart_gap = _svg_bars(methods, {"avg_gap": [s.get("avg_gap") for s in summary]}, "average gap to the retrain oracle (lower is better)")
-    series = {}
+    seeds = doc.get("seeds") or ref.get("seeds") or []
+    seed_text = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}: {', '.join(str(x) for x in seeds)}"
+    many = lambda s: s.get("n_seeds", 1) > 1  # noqa: E731 (error bars only where a std over seeds exists)
+    chart_gap = _svg_method_bars(methods, [s.get("avg_gap") for s in summary],
+                                 [s.get("avg_gap_std") if many(s) else None for s in summary],
+                                 f"average gap to the retrain oracle (lower is better), mean ± std over {seed_text}",
+                                 hline=("do nothing", noop), ylabel="avg_gap") if methods else ""
+    series, errors = {}, {}
     if "original" in ref:
         series["original"] = [ref["original"].get(k) for k in keys]
+        errors["original"] = [ref.get("original_std", {}).get(k) if n_ref > 1 else None for k in keys]
     for s in summary:
         series[s["method"]] = [s.get(k) for k in keys]
+        errors[s["method"]] = [s.get(f"{k}_std") if many(s) else None for k in keys]
     if "oracle" in ref:
         series["oracle"] = [ref["oracle"].get(k) for k in keys]
-    plotted = [i for i, k in enumerate(keys) if k != "privleak"]  # a percentage: another scale
-    chart_metrics = _svg_bars([keys[i] for i in plotted], {name: [vals[i] for i in plotted]
-                                                           for name, vals in series.items()},
-                              "metrics (mean over seeds)")
+        errors["oracle"] = [ref.get("oracle_std", {}).get(k) if n_ref > 1 else None for k in keys]
+    unit, other = split_scales(keys, *({k: v for k, v in zip(keys, vals)} for vals in series.values()))
+    pick = lambda ks, d: {n: [v[keys.index(k)] for k in ks] for n, v in d.items()}  # noqa: E731
+    chart_unit = (_svg_bars(unit, pick(unit, series), f"accuracies and rates (mean ± std over {seed_text})",
+                            errors=pick(unit, errors), ylabel="[0, 1]") if unit else "")
+    chart_other = (_svg_panels(other, pick(other, series), f"divergences and other scales, one axis each "
+                               f"(mean ± std over {seed_text})", errors=pick(other, errors)) if other else "")
     chart_tradeoff = _svg_scatter([(s["method"], s.get("time_ratio"), s.get("avg_gap")) for s in summary],
                                   "unlearn time ÷ oracle retrain time", "avg_gap to the oracle",
                                   "cost vs. closeness to the oracle (bottom-left is best)")
-    body = (f"<h1>{html.escape(title)}</h1>"
+    body = (f"<h1>{html.escape(title)} <small>({seed_text})</small></h1>"
             + "<div class='verdict'><b>Verdict.</b> " + "<br>".join(html.escape(line) for line in
                                                                     verdict.get("text", "").splitlines()) + "</div>"
+            + TOC_MARK + f"<h2 id='summary'>Summary over {seed_text}</h2>"
             f"<p>{len(doc.get('seeds', []))} seed(s): {doc.get('seeds')}; task kind {kind}. Oracle = the same recipe and "
-            f"seed trained on the retain set only. Rows are means ± std over seeds; the original's avg_gap is the gap "
+            f"seed trained on the retain set only. Rows are means ± std over seeds; the original and the oracle are "
+            f"averaged over the same seeds; the original's avg_gap is the gap "
             f"of doing nothing; time ratio = unlearn time ÷ the oracle's retrain time as recorded when it was trained "
             f"(cached oracles keep their original timing).</p>"
             + ("<p>Challenge columns: the NeurIPS 2023 unlearning challenge metric over N unlearning runs and N "
@@ -378,8 +621,13 @@ def render_bench_html(doc: dict[str, Any]) -> str:
                "score F × (RA_U/RA_R) × (TA_U/TA_R).</p>" if challenge else "")
             + f"<table><tr><th>method</th><th>guarantee</th>{head}<th>avg_gap</th><th>unlearn s</th><th>time ratio</th>"
             + ("<th>challenge F</th><th>challenge score</th>" if challenge else "") + "</tr>"
-            f"{''.join(rows)}</table>{chart_gap}{chart_tradeoff}{chart_metrics}"
-            "<h2>Runs</h2>" + "".join(_run_body(r) for r in doc.get("runs", [])))
+            f"{''.join(rows)}</table>"
+            f"<h2 id='gap'>Gap to the oracle ({seed_text})</h2>{chart_gap}"
+            f"<h2 id='tradeoff'>Cost vs. closeness ({seed_text})</h2>{chart_tradeoff}"
+            + (f"<h2 id='accuracies'>Accuracies and rates ({seed_text})</h2>{chart_unit}" if chart_unit else "")
+            + (f"<h2 id='divergences'>Divergences and other scales ({seed_text})</h2>{chart_other}"
+               if chart_other else "")
+            + "<h2 id='runs'>Runs</h2>" + "".join(_run_body(r) for r in doc.get("runs", [])))
     return html_page(title, body)
 
 
@@ -400,18 +648,18 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{h}</tr>{body}</table>"
 
 
-def _audit_relearn_svg(rl: dict[str, Any]) -> str:
+def _audit_relearn_svg(rl: dict[str, Any], method: str = "unlearned") -> str:
     runs = rl.get("models", {})
     steps = sorted({p["step"] for r in runs.values() for p in r["curve"]})
     if not steps:
         return ""
-    series = {}
+    curves = {}
     for role, r in runs.items():
         at = {p["step"]: p["knowmem_f"] for p in r["curve"]}
-        series[f"KnowMem_f {role}"] = [at.get(x) for x in steps]
-    series["target (band × original)"] = [rl.get("target")] * len(steps)
-    return _svg_curves(steps, series, "relearning steps", f"relearning attack: KnowMem_f vs steps (Adam lr "
-                                                          f"{rl.get('lr'):g}, batch {rl.get('batch_size')})")
+        curves[method if role == "unlearned" else role] = [at.get(x) for x in steps]
+    return _svg_curves(steps, {"KnowMem_f": curves}, "relearning steps",
+                       f"relearning attack (Adam lr {rl.get('lr'):g}, batch {rl.get('batch_size')})",
+                       hlines={"target (band × original)": rl.get("target")})
 
 
 def _skipped_html(block: dict[str, Any]) -> str:
@@ -430,7 +678,7 @@ def _audit_incontext_html(ic: dict[str, Any]) -> str:
     return head + _table(["model", "no context", "document pasted", "recovery"], rows) + notes
 
 
-def _audit_relearn_html(rl: dict[str, Any]) -> str:
+def _audit_relearn_html(rl: dict[str, Any], method: str = "unlearned") -> str:
     if "skipped" in rl:
         return "<h2>Relearning attack</h2>" + _skipped_html(rl)
     rows = [[role, r["start"], r["steps"], "yes" if r["saturated"] else "no", r.get("final")]
@@ -442,7 +690,7 @@ def _audit_relearn_html(rl: dict[str, Any]) -> str:
             + (" (a bound: one run saturated)" if rl.get("anamnesis_bound") else "")
             + (f"; {html.escape(rl['note'])}" if rl.get("note") else "") + ".</p>"
             + _table(["model", "KnowMem_f at start", "steps", "saturated", "KnowMem_f at stop"], rows)
-            + _audit_relearn_svg(rl))
+            + _audit_relearn_svg(rl, method))
 
 
 def _audit_quantized_html(qz: dict[str, Any]) -> str:
@@ -512,7 +760,7 @@ def _audit_body(doc: dict[str, Any]) -> str:
             "<p class='note'>Pass criterion for a removal claim: every probe within the noise of "
             "the retrained model. Any tripped check makes the verdict suppression-like.</p>"
             f"<h2>Evidence</h2>{evidence}" + _audit_basis_html(doc)
-            + _audit_incontext_html(ic) + _audit_relearn_html(rl) + _audit_quantized_html(qz)
+            + _audit_incontext_html(ic) + _audit_relearn_html(rl, doc["method"]) + _audit_quantized_html(qz)
             + _audit_probe_html(pr) + _audit_side_effects_html(se)
             + f"<h2>Time</h2>{times}<details><summary>config, recipe and versions</summary><pre>"
             + html.escape(json.dumps({k: doc.get(k) for k in ("config", "audit_config", "train", "task_options",

@@ -109,6 +109,10 @@ def render_html(doc: dict[str, Any]) -> str:
             f"<p class='note'>A sequence is lost only when its first slice is deleted, so under uniform requests "
             f"the count is a coupon collector over the distinct (shard, first slice) pairs; the exact mean is "
             f"m·L·H<sub>n</sub> for n such pairs.</p>"
+            f"<p class='note'>The price of this capability is the <i>exact gap</i>: a sharded model's accuracy "
+            f"against a single model trained on the same data (each shard sees only its part); deletions stay exact "
+            f"— zero gap to the retrained model — but the served model starts from the sharded one "
+            f"(<code>benchmarks/exact.py</code>, column Δ vs plain).</p>"
             f"<details><summary>JSON ({html.escape(doc['schema'])})</summary><pre>"
             f"{html.escape(json.dumps(doc, indent=2))}</pre></details>")
     return html_page(title, body)

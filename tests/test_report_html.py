@@ -1,0 +1,95 @@
+"""The HTML reports (issue 15): one colour per method on every chart and page, SVGs that scale to the page, seeds
+in the bench headings, error bars when there are several seeds, a table of contents whose links all resolve, and
+[0, 1] metrics drawn apart from divergences."""
+from __future__ import annotations
+
+import re
+
+from obliviate.report import method_color, render_bench_html, render_run_html
+
+KEYS = {"forget_acc": 0.9, "retain_acc": 0.95, "test_acc": 0.9, "mia": 0.5, "js_to_oracle": 0.04,
+        "activation_distance": 2.5}
+
+
+def _run(method, seed, shift):
+    m = {role: {k: v + d for k, v in KEYS.items()} for role, d in (("original", 0.05 + 0.01 * seed), ("oracle", 0.0),
+                                                                   ("unlearned", shift))}
+    return {"method": method, "seed": seed, "guarantee": "approximate", "task": "digits", "task_kind": "classification",
+            "metrics": m, "gap": {}, "avg_gap": abs(shift) / 4, "forget": {"spec": "random:0.1", "n": 1, "sha256": "0" * 64},
+            "retain": {"n": 9}, "device": "cpu", "time_s": {"unlearn": 1.0, "oracle": 10.0}}
+
+
+def _bench(seeds):
+    runs = [_run(m, s, d + 0.01 * s) for s in seeds for m, d in (("npo", 0.01), ("finetune", 0.04))]
+    summary = [{"method": m, "guarantee": "approximate", "n_seeds": len(seeds), "avg_gap": g, "avg_gap_std": 0.002,
+                "time_ratio": t, **{k: v + 0.01 for k, v in KEYS.items()},
+                **{f"{k}_std": 0.01 for k in KEYS}} for m, g, t in (("npo", 0.004, 0.1), ("finetune", 0.01, 0.2))]
+    return {"schema": "obliviate.bench/1", "task": "digits", "task_kind": "classification", "forget": "random:0.1",
+            "seeds": list(seeds), "runs": runs, "summary": summary}
+
+
+def _svgs(page):
+    return re.findall(r"<svg.*?</svg>", page, re.S)
+
+
+def _fill(svg, method):
+    """The fill colour of every drawn element tagged as ``method``'s series."""
+    starts = [m.end() for m in re.finditer(rf'id="[^"]*series-{method}-[^"]*"', svg)]
+    return {re.search(r"(?:fill|stroke): (#[0-9a-f]{6})", svg[i:]).group(1) for i in starts}
+
+
+def test_one_colour_per_method_across_charts_and_pages():
+    bench = render_bench_html(_bench([0, 1]))
+    run = render_run_html(_run("npo", 0, 0.01))
+    for page in (bench, run):
+        charts = [svg for svg in _svgs(page) if "series-npo-" in svg]
+        assert len(charts) >= 2
+        for svg in charts:
+            assert _fill(svg, "npo") == {method_color("npo")}, svg[:200]
+    assert _fill(_svgs(bench)[0], "finetune") == {method_color("finetune")}
+    assert method_color("npo") != method_color("finetune") != method_color("oracle")
+    assert method_color("original") == method_color("do nothing")  # the neutral reference
+
+
+def test_svgs_scale_to_the_page():
+    for svg in _svgs(render_bench_html(_bench([0]))):
+        head = svg[:svg.index(">")]
+        assert 'viewBox="' in head and 'width="100%"' in head and "max-width:" in head
+        assert not re.search(r'\sheight="[\d.]+pt"', head)
+
+
+def test_bench_headings_list_the_seeds_and_error_bars_follow_n_seeds():
+    page = render_bench_html(_bench([3, 7]))
+    assert "2 seeds: 3, 7" in re.search(r"<h1.*?</h1>", page, re.S).group(0)
+    assert "errorbar-npo" in page and "errorbar-original" in page  # methods and the reference, std over seeds
+    single = _bench([3])
+    for s in single["summary"]:
+        s["n_seeds"] = 1
+    assert "errorbar-" not in render_bench_html(single)
+
+
+def test_toc_links_resolve():
+    for page in (render_bench_html(_bench([0, 1])), render_run_html(_run("npo", 0, 0.01))):
+        assert "<nav class='toc'>" in page
+        hrefs = re.findall(r'(?<![:\w])href="#([^"]+)"', page)
+        ids = re.findall(r'\bid="([^"]+)"', page) + re.findall(r"\bid='([^']+)'", page)
+        assert hrefs and set(hrefs) <= set(ids)
+        assert len(ids) == len(set(ids))  # no id twice on one page (two inline SVGs included)
+
+
+def test_accuracies_and_divergences_are_drawn_apart():
+    page = render_bench_html(_bench([0, 1]))
+    acc = [s for s in _svgs(page) if "series-npo-0" in s and "accuracies" in s]
+    unit = [s for s in _svgs(page) if "series-npo-js_to_oracle" in s]
+    assert unit and "series-npo-activation_distance" in unit[0]
+    assert all("series-npo-js_to_oracle" not in s for s in _svgs(page) if "series-npo-activation" not in s)
+    assert "id='accuracies'" in page and "id='divergences'" in page and acc == acc
+
+
+def test_s3t_page_explains_the_exact_gap():
+    from obliviate.exact.cli_s3t import render_html
+    from obliviate.exact.simulate import simulate_range
+
+    page = render_html(simulate_range(2, 2, [1, 2], trials=20, seed=0))
+    assert "exact gap" in page and "single model" in page
+    assert all('width="100%"' in s[:s.index(">")] for s in _svgs(page))
