@@ -7,7 +7,7 @@ import re
 
 from obliviate.report import method_color, render_bench_html, render_run_html
 
-KEYS = {"forget_acc": 0.9, "retain_acc": 0.95, "test_acc": 0.9, "mia": 0.5, "js_to_oracle": 0.04,
+KEYS = {"forget_acc": 0.9, "retain_acc": 0.9, "test_acc": 0.9, "mia": 0.5, "js_to_oracle": 0.04,
         "activation_distance": 2.5}
 
 
@@ -75,15 +75,16 @@ def test_toc_links_resolve():
         ids = re.findall(r'\bid="([^"]+)"', page) + re.findall(r"\bid='([^']+)'", page)
         assert hrefs and set(hrefs) <= set(ids)
         assert len(ids) == len(set(ids))  # no id twice on one page (two inline SVGs included)
+        assert not re.search(r"<h[23][^>]*id=[^>]*id=", page)  # a heading keeps the one id it has
 
 
 def test_accuracies_and_divergences_are_drawn_apart():
-    page = render_bench_html(_bench([0, 1]))
-    acc = [s for s in _svgs(page) if "series-npo-0" in s and "accuracies" in s]
-    unit = [s for s in _svgs(page) if "series-npo-js_to_oracle" in s]
-    assert unit and "series-npo-activation_distance" in unit[0]
-    assert all("series-npo-js_to_oracle" not in s for s in _svgs(page) if "series-npo-activation" not in s)
-    assert "id='accuracies'" in page and "id='divergences'" in page and acc == acc
+    acc, div = _svgs(render_run_html(_run("npo", 0, 0.01)))  # the run page draws every metric
+    assert "series-npo-3" in acc and "series-npo-4" not in acc  # the 4 [0, 1] metrics on one shared axis
+    assert "series-npo-js_to_oracle" in div and "series-npo-activation_distance" in div  # one axis each
+    assert "series-npo-forget_acc" not in div
+    page = render_bench_html(_bench([0, 1]))  # the bench page: headline metrics, all in [0, 1] here
+    assert "id='accuracies'" in page and "id='divergences'" not in page
 
 
 def test_s3t_page_explains_the_exact_gap():

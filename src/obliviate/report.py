@@ -338,7 +338,7 @@ def _with_toc(body: str) -> str:
 
     def name(m: re.Match) -> str:
         tag, attrs, inner = m.groups()
-        found = re.search(r'\bid="([^"]+)"', attrs)
+        found = re.search(r"""\bid=["']([^"']+)["']""", attrs)
         text = html.unescape(re.sub(r"<[^>]+>", "", inner)).strip()
         if found:
             anchor = found.group(1)
