@@ -1,7 +1,7 @@
 """Language-model unlearning methods (gradient ascent, GradDiff, NPO, SimNPO, MUSE presets, RMU, task vector) on the
 tiny authors task: the original memorises 12 authors; the forget set is every sequence of 2 of them.
 
-The methods run directly on an UnlearnContext built here (the pipeline's wiring is tested elsewhere), with
+The methods run directly on an UnlearnContext built by tests/lm_context.py (the pipeline's wiring is tested elsewhere), with
 learning rates far above the LLM defaults (1e-5 barely moves a 2-layer model in a few steps).
 """
 from __future__ import annotations
@@ -15,14 +15,13 @@ import torch
 import torch.nn.functional as F
 
 import obliviate
+from lm_context import FORGET, language_context, sequence_pairs
 from obliviate.config import build_config
 from obliviate.errors import ConfigError
 from obliviate.lm import collate, encode_all, score, sequence_nll
-from obliviate.methods import UnlearnContext
 from obliviate.methods._lm import LMOptimConfig, LMRun, kl_to_reference
 from obliviate.methods.lm_gradient import npo_loss, simnpo_loss
 
-FORGET = (0, 1)  # the authors forgotten
 LANGUAGE = [m for m in obliviate.list_methods() if "language" in m.kinds and m.guarantee == "approximate"]
 OURS = {"gradient_ascent", "grad_diff", "npo", "simnpo", "rmu", "task_vector", "ga_gdr", "ga_klr", "npo_gdr", "npo_klr",
         "npo_muse", "ga_klr_muse", "npo_klr_muse", "whp"}
@@ -48,23 +47,7 @@ def _settings(name: str, **extra) -> dict:
     return {**SETTINGS.get(name, FAST), **extra}
 
 
-def _pairs(task, ids) -> list[tuple[str, str]]:
-    return [s for i in ids for s in task.data.train[int(i)].sequences()]
-
-
-def _context(tiny_lm, cls, seed: int = 0) -> UnlearnContext:
-    """What the pipeline hands a language method: a trainable copy, and only what the method needs."""
-    task, recipe, original = tiny_lm
-    forget_ids = np.array(FORGET)
-    retain_ids = np.setdiff1d(np.arange(task.n_train), forget_ids)
-    model = copy.deepcopy(original)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return UnlearnContext(
-        task=task, model=model, original=original if "original" in cls.needs else None, x_forget=None,
-        y_forget=None, x_retain=None, y_retain=None, forget_ids=forget_ids, retain_ids=retain_ids, recipe=recipe,
-        seed=seed, device=torch.device("cpu"), tokenizer=task.tokenizer(), forget_pairs=_pairs(task, forget_ids),
-        retain_pairs=_pairs(task, retain_ids) if "retain" in cls.needs else None)
+_pairs, _context = sequence_pairs, language_context
 
 
 _RUNS: dict = {}

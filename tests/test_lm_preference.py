@@ -3,7 +3,6 @@ hand-computed numbers, where the alternate ("win") answers come from, and that t
 forget answers to the alternates."""
 from __future__ import annotations
 
-import copy
 import json
 import math
 
@@ -12,38 +11,21 @@ import pytest
 import torch
 
 import obliviate
+from lm_context import FORGET, language_context, sequence_pairs
 from obliviate.config import build_config
 from obliviate.errors import ConfigError
 from obliviate.lm import collate, encode_all, score, sequence_nll
-from obliviate.methods import UnlearnContext
 from obliviate.methods import _preference as P
 from obliviate.methods import altpo
 from obliviate.methods._lm import LMRun
 from obliviate.methods.dpo import refusal_rows
 from obliviate.methods.npo import npo_loss
 
-FORGET = (0, 1)
 FAST = {"lr": 3e-3, "epochs": 5, "batch_size": 8}
 NAMES = ("dpo", "idk_dpo", "altpo")
 
 
-def _pairs(task, ids) -> list[tuple[str, str]]:
-    return [s for i in ids for s in task.data.train[int(i)].sequences()]
-
-
-def _context(tiny_lm, cls, seed: int = 0, forget_pairs=None) -> UnlearnContext:
-    task, recipe, original = tiny_lm
-    forget_ids = np.array(FORGET)
-    retain_ids = np.setdiff1d(np.arange(task.n_train), forget_ids)
-    model = copy.deepcopy(original)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return UnlearnContext(
-        task=task, model=model, original=original if "original" in cls.needs else None, x_forget=None,
-        y_forget=None, x_retain=None, y_retain=None, forget_ids=forget_ids, retain_ids=retain_ids, recipe=recipe,
-        seed=seed, device=torch.device("cpu"), tokenizer=task.tokenizer(),
-        forget_pairs=forget_pairs if forget_pairs is not None else _pairs(task, forget_ids),
-        retain_pairs=_pairs(task, retain_ids) if "retain" in cls.needs else None)
+_pairs, _context = sequence_pairs, language_context
 
 
 def _method(name):

@@ -3,7 +3,6 @@
 across micro-batches, PDU's dual variable, and forgetting on the tiny authors task."""
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -11,15 +10,14 @@ import pytest
 import torch
 
 import obliviate
+from lm_context import FORGET, language_context, sequence_pairs
 from obliviate.config import build_config
 from obliviate.errors import ConfigError
 from obliviate.lm import collate, encode_all, score
-from obliviate.methods import UnlearnContext
 from obliviate.methods._token_losses import (TokenMean, answer_mask, ceu_token_losses, dual_update,
                                              pdu_token_losses, satimp_token_losses, scored_tokens,
                                              undial_token_losses, wga_token_losses)
 
-FORGET = (0, 1)
 NAMES = ("undial", "ce_u", "satimp", "wga", "pdu")
 FAST = {"lr": 3e-3, "epochs": 5, "batch_size": 8}
 # satimp: its weight sg(p)^5·(1 − sg(p)) is ~0 on tokens the original predicts with p ≈ 0.99, and γ = 0.1, so at
@@ -27,23 +25,7 @@ FAST = {"lr": 3e-3, "epochs": 5, "batch_size": 8}
 SETTINGS = {"satimp": {**FAST, "lr": 1e-2}, "pdu": {**FAST, "retain_loss_eps": 0.05}}
 
 
-def _pairs(task, ids) -> list[tuple[str, str]]:
-    return [s for i in ids for s in task.data.train[int(i)].sequences()]
-
-
-def _context(tiny_lm, cls, seed: int = 0) -> UnlearnContext:
-    """What the pipeline hands a language method (copied from test_lm_methods)."""
-    task, recipe, original = tiny_lm
-    forget_ids = np.array(FORGET)
-    retain_ids = np.setdiff1d(np.arange(task.n_train), forget_ids)
-    model = copy.deepcopy(original)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return UnlearnContext(
-        task=task, model=model, original=original if "original" in cls.needs else None, x_forget=None,
-        y_forget=None, x_retain=None, y_retain=None, forget_ids=forget_ids, retain_ids=retain_ids, recipe=recipe,
-        seed=seed, device=torch.device("cpu"), tokenizer=task.tokenizer(), forget_pairs=_pairs(task, forget_ids),
-        retain_pairs=_pairs(task, retain_ids) if "retain" in cls.needs else None)
+_pairs, _context = sequence_pairs, language_context
 
 
 def _unlearn(tiny_lm, name: str, **config):
