@@ -32,6 +32,7 @@ from obliviate import api  # noqa: E402
 from obliviate.config import as_dict  # noqa: E402
 from obliviate.lm import score  # noqa: E402
 from obliviate.models.store import ModelStore  # noqa: E402
+from obliviate.session import Session  # noqa: E402
 from obliviate.pipeline import as_task  # noqa: E402
 from obliviate.requests import resolve  # noqa: E402
 from obliviate.training import resolve_device  # noqa: E402
@@ -68,7 +69,7 @@ class Bench:
     def __init__(self, cache: str, runs_path: Path):
         self.task = as_task("authors", {})
         self.recipe = self.task.recipe({})
-        self.session = api.Session(self.task, self.recipe, resolve_device("cpu"), ModelStore(cache))
+        self.session = Session(self.task, self.recipe, resolve_device("cpu"), ModelStore(cache))
         self.evaluations: dict = {}
         self.runs_path = runs_path
         self.done: dict[str, dict] = {}

@@ -16,10 +16,12 @@ The order was read off the code, lowest first:
  8 methods      the unlearning methods (wrap guard, exact systems)
  9 pipeline     pipeline (context → apply → evaluate → run report), memory (fits-the-device plans), verdict
 10 report       JSON / HTML rendering
-11 api          unlearn / bench / evaluate
-12 protocols    audit, tune (built on the api's Session)
-13 service      the deletion service (ledger)
-14 entry        cli, ledger.cli, exact.cli_s3t, ``obliviate/__init__`` (re-exports the api), ``__main__``
+11 session      one run (Session.run) and the models several runs share
+12 protocols    the challenge, scalability / sustainability, relearn time (on top of Session.run)
+13 api          unlearn / bench / evaluate
+14 tools        audit, tune (built on the api)
+15 service      the deletion service (ledger)
+16 entry        cli, ledger.cli, exact.cli_s3t, ``obliviate/__init__`` (re-exports the api), ``__main__``
 """
 from __future__ import annotations
 
@@ -44,11 +46,13 @@ LAYERS: dict[str, int] = {
     "obliviate.methods": 8,
     "obliviate.pipeline": 9, "obliviate.memory": 9, "obliviate.verdict": 9,
     "obliviate.report": 10,
-    "obliviate.api": 11,
-    "obliviate.audit": 12, "obliviate.tune": 12,
-    "obliviate.ledger": 13,
-    "obliviate.cli": 14, "obliviate.ledger.cli": 14, "obliviate.exact.cli_s3t": 14, "obliviate": 14,
-    "obliviate.__main__": 14,
+    "obliviate.session": 11,
+    "obliviate.protocols": 12,
+    "obliviate.api": 13,
+    "obliviate.audit": 14, "obliviate.tune": 14,
+    "obliviate.ledger": 15,
+    "obliviate.cli": 16, "obliviate.ledger.cli": 16, "obliviate.exact.cli_s3t": 16, "obliviate": 16,
+    "obliviate.__main__": 16,
 }
 
 #: upward imports that remain, each with its reason (importer, imported)
@@ -211,3 +215,27 @@ def test_the_checks_catch_what_they_claim(tmp_path):
     got = {(t, n) for t, n, _ in imports("obliviate.metrics.probe", path)}
     assert ("obliviate.api", "build_method") in got and ("obliviate.ledger.worker", None) in got
     assert ("obliviate.metrics", "_hidden") in got and ("obliviate.api", "_as_task") in got
+
+
+def test_session_run_reads_in_one_screen():
+    """The run is composed from named steps (pipeline, references, report); the protocols live in
+    ``obliviate.protocols``, not in the session or the api."""
+    tree = ast.parse(MODULES["obliviate.session"].read_text())
+    run = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "run")
+    assert run.end_lineno - run.lineno + 1 <= 40, f"Session.run is {run.end_lineno - run.lineno + 1} lines"
+    for module in ("obliviate.session", "obliviate.api"):
+        names = {n.name for n in ast.walk(ast.parse(MODULES[module].read_text()))
+                 if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        assert not names & {"challenge", "scalability", "sustainability", "relearn_time"}, (module, names)
+
+
+def test_protocol_blocks_keep_per_example_last():
+    from obliviate.pipeline import add_block
+
+    doc = {"metrics": {}, "exact": {"time_s": 0.1}, "per_example": {"forget_ids": [1]}}
+    add_block(doc, "relearn", {"target": 0.5})
+    add_block(doc, "challenge", {"n": 3})
+    assert list(doc) == ["metrics", "relearn", "exact", "challenge", "per_example"]
+    doc = {"metrics": {}}
+    add_block(doc, "scalability", {"points": []})
+    assert list(doc) == ["metrics", "scalability"]

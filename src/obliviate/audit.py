@@ -1,7 +1,7 @@
 """Removal-versus-suppression audits of a language unlearning method (``obliviate audit``, schema
 ``obliviate.audit/1``).
 
-One method is run once on one forget request (through :class:`obliviate.api.Session`, so the original and the
+One method is run once on one forget request (through :class:`obliviate.session.Session`, so the original and the
 retrain oracle come from the model cache), and the unlearned model is then probed the ways the SoK (Ren et al.
 2025, arXiv 2506.09227) lists, always next to the retrained model:
 
@@ -593,6 +593,7 @@ def audit(task, method, forget: str | None = None, *, seed: int = 0, device: str
     from obliviate import api
     from obliviate.methods import Method
     from obliviate.models.store import ModelStore
+    from obliviate.session import Session
     from obliviate.pipeline import as_task
     from obliviate.requests import resolve
     from obliviate.memory import check_fits
@@ -616,7 +617,7 @@ def audit(task, method, forget: str | None = None, *, seed: int = 0, device: str
     skipped = skip_reasons(task_obj, cfg, request.ids, explicit)
     dev = resolve_device(device)
     check_fits(task_obj, method_obj, dev)  # refused before loading, as run and bench
-    session = api.Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache))
+    session = Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache))
 
     times: dict[str, float] = {}
     start = time.perf_counter()

@@ -188,5 +188,20 @@ def _put(doc: dict[str, Any], key: str, value: Any) -> None:
         doc[key] = value
 
 
+#: where a block a protocol measures after the run goes: before these (per-example values stay last)
+_LATER_THAN = {"relearn": ("exact", "per_example")}
+
+
+def add_block(doc: dict[str, Any], key: str, value: Any) -> None:
+    """Put a block a protocol measured after the run into the run document ``doc`` (in place): ``relearn`` in
+    its contract position (before ``exact``), any other block before ``per_example``, which stays last."""
+    before = _LATER_THAN.get(key, ("per_example",))
+    keys = list(doc)
+    cut = next((i for i, k in enumerate(keys) if k in before), len(keys))
+    tail = {k: doc.pop(k) for k in keys[cut:]}
+    doc[key] = value
+    doc.update(tail)
+
+
 __all__ = ["RUN_SCHEMA", "as_task", "build_context", "apply_method", "check_finite", "evaluate_model",
-           "oracle_gap", "software_versions", "run_report"]
+           "oracle_gap", "software_versions", "run_report", "add_block"]

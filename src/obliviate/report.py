@@ -7,13 +7,11 @@ import html
 import io
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 from obliviate.atomic import atomic_write
-from obliviate.errors import ObliviateError
 from obliviate.metrics.gap import HEADLINE
 from obliviate.verdict import bench_verdict, reference, run_verdict
 
@@ -113,6 +111,7 @@ def svg_of(fig) -> str:
     never share an id (clip paths, markers) while the same document still renders the same page."""
     import matplotlib.pyplot as plt
 
+    declutter(fig)
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", pad_inches=0.05, metadata={"Date": None})
     plt.close(fig)
@@ -128,6 +127,43 @@ def svg_of(fig) -> str:
     head = re.sub(r'\s(width|height)="[^"]*"', "", head)
     style = f"max-width:{w.group(1)}pt;height:auto" if w else "height:auto"
     return head + f' width="100%" style="{style}" class="chart"' + svg[head_end:]
+
+
+def declutter(fig) -> None:
+    """Make room so that no two texts of ``fig`` overlap: a title wider than its axes is wrapped to the axes'
+    width, and x tick labels (rotated ones reach left under the y axis) move down until they clear the y tick
+    labels. Measured on the drawn figure, not guessed from character counts."""
+    import textwrap
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        width = ax.get_window_extent(renderer).width
+        title, text = ax.title, ax.title.get_text()
+        chars = len(text)
+        while chars > 12 and title.get_window_extent(renderer).width > width:
+            chars = int(chars * 0.85)
+            title.set_text(textwrap.fill(text, chars, break_on_hyphens=False))
+        for _ in range(4):
+            ys = [t.get_window_extent(renderer) for t in drawn_tick_labels(ax.yaxis)]
+            xs = [t.get_window_extent(renderer) for t in drawn_tick_labels(ax.xaxis)]
+            depth = max((min(x.y1, y.y1) - max(x.y0, y.y0) for x in xs for y in ys if x.overlaps(y)), default=0.0)
+            if depth <= 0:
+                break
+            pad = ax.xaxis.get_major_ticks()[0].get_pad() if ax.xaxis.get_major_ticks() else 3.5
+            ax.tick_params(axis="x", pad=pad + depth * 72.0 / fig.dpi + 1.0)
+            fig.canvas.draw()
+
+
+def drawn_tick_labels(axis) -> list:
+    """The tick labels ``axis`` draws: those of ticks inside its view interval, visible and not empty (matplotlib
+    keeps label objects for the ticks outside it too, at stale positions)."""
+    lo, hi = sorted(axis.get_view_interval())
+    eps = (hi - lo) * 1e-9
+    return [t.label1 for t, loc in zip(axis.get_major_ticks(), axis.get_majorticklocs())
+            if lo - eps <= loc <= hi + eps and t.label1.get_visible() and t.label1.get_text()]
 
 
 def _plt():

@@ -14,7 +14,7 @@ goes on. The first trial is the method's defaults when they lie inside the decla
 never worse than the defaults on the validation seed. The TPE sampler is seeded with ``seed``: the same
 command gives the same trials, as long as no trial's time ratio sits at the budget's edge (times vary).
 
-The original and oracle of each seed are trained once (and cached on disk) by :class:`obliviate.api.Session`;
+The original and oracle of each seed are trained once (and cached on disk) by :class:`obliviate.session.Session`;
 each trial only runs the method. The retrain time in the ratio is the one recorded when the oracle was trained
 (a cached oracle keeps it), so compare budgets on one machine under one thread setting.
 """
@@ -139,6 +139,7 @@ def tune(task: str, method: str, forget: str | None = None, *, trials: int = 20,
     from obliviate.metrics import avg_gap, gaps
     from obliviate.methods import get_method
     from obliviate.models.store import ModelStore
+    from obliviate.session import Session
     from obliviate.requests import resolve
     from obliviate.tasks import get_task
     from obliviate.training import resolve_device
@@ -166,7 +167,7 @@ def tune(task: str, method: str, forget: str | None = None, *, trials: int = 20,
     forget = forget or task_obj.default_forget
     requests = {s: resolve(forget, task_obj, s) for s in [seed, *test_seeds]}
     dev = resolve_device(device)
-    session = api.Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache))
+    session = Session(task_obj, recipe, dev, ModelStore(cache_dir, enabled=use_cache))
     evaluations: dict = {}
 
     done: dict[tuple, dict[str, Any]] = {}
