@@ -9,7 +9,6 @@ import itertools
 import math
 
 import numpy as np
-from matplotlib.axis import Tick
 from matplotlib.text import Text
 
 from obliviate.report import drawn_tick_labels
@@ -19,12 +18,14 @@ def text_rectangles(fig) -> list[tuple[str, np.ndarray]]:
     """(text, its 4 corners in display pixels) of every text ``fig`` draws."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    drawn_ticks = {id(t) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis) for t in drawn_tick_labels(axis)}
+    drawn_ticks = {id(t) for ax in fig.axes if ax.get_visible() for axis in (ax.xaxis, ax.yaxis)
+                   for t in drawn_tick_labels(axis)}
+    tick_labels = _tick_labels(fig)
     out = []
     for t in fig.findobj(Text):
         if not t.get_visible() or not t.get_text().strip() or (t.axes is not None and not t.axes.get_visible()):
             continue
-        if isinstance(_owner(t), Tick) and id(t) not in drawn_ticks:
+        if id(t) in tick_labels and id(t) not in drawn_ticks:
             continue
         box = t.get_window_extent(renderer)
         if box.width <= 0 or box.height <= 0:
@@ -42,16 +43,11 @@ def text_rectangles(fig) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def _owner(text: Text):
-    """The Tick a tick label belongs to (matplotlib does not link back; the figure's ticks are searched)."""
-    ax = text.axes
-    if ax is None:
-        return None
-    for axis in (ax.xaxis, ax.yaxis):
-        for tick in axis.get_major_ticks() + axis.get_minor_ticks():
-            if text is tick.label1 or text is tick.label2:
-                return tick
-    return None
+def _tick_labels(fig) -> set[int]:
+    """Every tick label the axes of ``fig`` keep, drawn or not (a tick label's ``.axes`` is None in matplotlib,
+    and spare ticks beyond the current tick count are kept but not drawn)."""
+    return {id(label) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+            for tick in list(axis.majorTicks) + list(axis.minorTicks) for label in (tick.label1, tick.label2)}
 
 
 def _separated(a: np.ndarray, b: np.ndarray, tol: float) -> bool:

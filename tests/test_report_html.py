@@ -94,3 +94,77 @@ def test_s3t_page_explains_the_exact_gap():
     page = render_html(simulate_range(2, 2, [1, 2], trials=20, seed=0))
     assert "exact gap" in page and "single model" in page
     assert all('width="100%"' in s[:s.index(">")] for s in _svgs(page))
+
+
+def _crowded_bench(n_methods: int) -> dict:
+    names = [f"m{i}_{'long_name_' * (i % 3)}{i}" + ("+filter" if i % 5 == 0 else "") for i in range(n_methods)]
+    doc = _bench([0, 1])
+    doc["runs"] = [_run(m, s, 0.01 * i + 0.01 * s) for s in (0, 1) for i, m in enumerate(names[:2])]  # per-run
+    # charts are the run page's, drawn below; the bench charts are drawn from the summary's n_methods rows
+    doc["summary"] = [{"method": m, "guarantee": "approximate", "n_seeds": 2, "avg_gap": 0.01 * i - 0.02,
+                       "avg_gap_std": 0.002, "time_ratio": 0.1 * i, **{k: v + 0.01 for k, v in KEYS.items()},
+                       **{f"{k}_std": 0.01 for k in KEYS}} for i, m in enumerate(names)]
+    return doc
+
+
+def _curves_run() -> dict:
+    r = _run("npo_klr_muse+filter", 0, 0.01)
+    point = {"metrics": {role: {"knowmem_f": 0.3, "verbmem_f": 0.2, "privleak": -40.0, "knowmem_r": 0.9}
+                         for role in ("unlearned", "oracle")}, "gap": {}, "avg_gap": 0.1, "time_s": {}}
+    r["scalability"] = {"base_n": 4, "order_seed": 0, "points": [dict(point, factor=k, n_forget=4 * k)
+                                                                  for k in (1, 2, 3, 4)]}
+    r["sustainability"] = {"fold_size": 4, "folds": 3, "order_seed": 0,
+                           "steps": [dict(point, step=j, n_fold=4, n_forgotten=4 * j) for j in (1, 2, 3)]}
+    return r
+
+
+def test_no_two_texts_overlap_on_any_chart(monkeypatch):
+    """Every chart of a crowded bench (45 methods, long names, a negative value), a run page and the MUSE curves,
+    measured on the drawn figure: no tick label, title, axis label or legend entry overlaps another."""
+    from chart_geometry import overlapping_texts
+
+    from obliviate import report
+
+    checked, bad = [], []
+    svg_of = report.svg_of
+
+    def measured(fig):
+        report.declutter(fig)
+        title = fig._suptitle.get_text() if fig._suptitle else fig.axes[0].get_title()
+        checked.append(title)
+        bad.extend((title[:60], a[:30], b[:30]) for a, b in overlapping_texts(fig))
+        return svg_of(fig)
+
+    monkeypatch.setattr(report, "svg_of", measured)
+    for n in (2, 12, 45):
+        assert "m1_long_name_1" in render_bench_html(_crowded_bench(n))
+    render_run_html(_run("m0_long_name_long_name_0+filter", 0, 0.01))
+    render_run_html(_curves_run())
+    assert len(checked) >= 12
+    assert not bad, bad
+
+
+def test_the_overlap_check_sees_overlaps():
+    """The measure the test above relies on: flat long tick labels collide, the same labels at 30° do not,
+    and declutter turns 45 crowded labels so they clear each other."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from chart_geometry import overlapping_texts
+
+    from obliviate.report import declutter
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(range(10), range(10))
+    ax.set_xticks(range(10), [f"long_label_{i}" for i in range(10)])
+    assert len(overlapping_texts(fig)) >= 9  # each label runs into its neighbour
+    ax.set_xticks(range(10), [f"long_label_{i}" for i in range(10)], rotation=30, ha="right")
+    assert overlapping_texts(fig) == []
+    fig2, ax2 = plt.subplots(figsize=(5, 3))
+    ax2.bar(range(45), range(45))
+    ax2.set_xticks(range(45), [f"method_{i}" for i in range(45)], rotation=30, ha="right")
+    assert len(overlapping_texts(fig2)) >= 40
+    declutter(fig2)
+    assert overlapping_texts(fig2) == []
+    plt.close("all")

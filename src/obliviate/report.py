@@ -130,16 +130,22 @@ def svg_of(fig) -> str:
 
 
 def declutter(fig) -> None:
-    """Make room so that no two texts of ``fig`` overlap: a title wider than its axes is wrapped to the axes'
-    width, and x tick labels (rotated ones reach left under the y axis) move down until they clear the y tick
-    labels. Measured on the drawn figure, not guessed from character counts."""
+    """Make room so that no two texts of ``fig`` overlap, measured on the drawn figure (not guessed from character
+    counts; ``tests/test_report_html.py`` checks every chart's text rectangles):
+
+    - x tick labels too close for their angle turn to 30°, then 90°; at 90° still too close, the figure widens;
+    - a title wider than its axes is wrapped to the axes' width;
+    - x tick labels (a rotated one reaches left under the y axis) move down until they clear the y tick labels.
+    """
     import textwrap
 
-    fig.canvas.draw()
+    fig.draw_without_rendering()
     renderer = fig.canvas.get_renderer()
-    for ax in fig.axes:
-        if not ax.get_visible():
-            continue
+    for ax in [a for a in fig.axes if a.get_visible()]:
+        for _ in range(4):
+            if not _spread_xticks(fig, ax, renderer):
+                break
+            fig.draw_without_rendering()
         width = ax.get_window_extent(renderer).width
         title, text = ax.title, ax.title.get_text()
         chars = len(text)
@@ -152,9 +158,43 @@ def declutter(fig) -> None:
             depth = max((min(x.y1, y.y1) - max(x.y0, y.y0) for x in xs for y in ys if x.overlaps(y)), default=0.0)
             if depth <= 0:
                 break
-            pad = ax.xaxis.get_major_ticks()[0].get_pad() if ax.xaxis.get_major_ticks() else 3.5
+            pad = ax.xaxis.get_major_ticks()[0].get_pad()
             ax.tick_params(axis="x", pad=pad + depth * 72.0 / fig.dpi + 1.0)
-            fig.canvas.draw()
+            fig.draw_without_rendering()
+
+
+def _spread_xticks(fig, ax, renderer) -> bool:
+    """One step towards x tick labels that clear each other; ``True`` when something changed."""
+    labels = drawn_tick_labels(ax.xaxis)
+    if len(labels) < 2:
+        return False
+    import numpy as np
+
+    px = np.sort(ax.transData.transform([(x, 0) for x in ax.xaxis.get_majorticklocs()
+                                         if min(ax.get_xlim()) <= x <= max(ax.get_xlim())])[:, 0])
+    gap = float(np.diff(px).min()) if px.size > 1 else float("inf")
+    line = 1.2 * labels[0].get_fontsize() * fig.dpi / 72.0  # the height a label needs across its direction
+    angle = labels[0].get_rotation() % 180
+    if angle == 0:
+        if max(t.get_window_extent(renderer).width for t in labels) + 2 <= gap:
+            return False
+        ax.tick_params(axis="x", labelrotation=30)
+        for t in labels:
+            t.set_horizontalalignment("right")
+            t.set_rotation_mode("anchor")
+        return True
+    if angle < 90:
+        if gap * np.sin(np.radians(angle)) >= line:
+            return False
+        ax.tick_params(axis="x", labelrotation=90)
+        for t in labels:
+            t.set_horizontalalignment("center")
+            t.set_rotation_mode("default")
+        return True
+    if gap >= line:
+        return False
+    fig.set_figwidth(fig.get_figwidth() * min(4.0, 1.05 * line / gap))
+    return True
 
 
 def drawn_tick_labels(axis) -> list:
@@ -186,9 +226,19 @@ def _xticks(ax, xs, labels: list[str]) -> None:
                   rotation_mode="anchor" if crowded else "default")
 
 
+#: legend entries per column: a legend taller than this wraps into columns rather than stretching the chart
+LEGEND_ROWS = 16
+
+
+def _legend_columns(n: int) -> int:
+    return max(1, math.ceil(n / LEGEND_ROWS))
+
+
 def _legend_outside(ax, **kw) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), **kw)
+    handles = ax.get_legend_handles_labels()[0]
+    if handles:
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  ncol=_legend_columns(len(handles)), **kw)
 
 
 def _svg_bars(groups: list[str], series: dict[str, list[float]], title: str,
@@ -277,7 +327,8 @@ def _svg_panels(keys: list[str], series: dict[str, list[float]], title: str,
     for idx in range(n, rows * cols):
         axes[idx // cols][idx % cols].set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 0.95))
+    fig.legend(handles, labels, fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 0.95),
+               ncol=_legend_columns(len(labels)))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return svg_of(fig)
@@ -335,7 +386,7 @@ def _svg_curves(xs: list, series: dict[str, dict[str, list]], xlabel: str, title
     for idx in range(len(keys), rows * cols):
         axes[idx // cols][idx % cols].set_visible(False)
     fig.legend(list(seen.values()), list(seen), fontsize=8, frameon=False, loc="upper left",
-               bbox_to_anchor=(1.0, 0.95))
+               bbox_to_anchor=(1.0, 0.95), ncol=_legend_columns(len(seen)))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return svg_of(fig)
