@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from obliviate.distributed import Runtime  # noqa: E402
 from obliviate.exact.simulate import simulate_range  # noqa: E402
 from obliviate.methods import get_method  # noqa: E402
-from obliviate.report import _page, _svg_bars  # noqa: E402
+from obliviate.report import bar_chart, html_page  # noqa: E402
 from obliviate.tasks import get_task  # noqa: E402
 from obliviate.training import predict, train  # noqa: E402
 
@@ -137,11 +137,11 @@ def main() -> int:
     (out / "exact.md").write_text(text)
     (out / "exact.json").write_text(json.dumps({"schema": "obliviate.benchmark/1", "name": "exact", "seeds": seeds,
                                                 "simulator": sim}, indent=1, default=str))
-    chart = _svg_bars([str(b) for b in range(1, 7)],
+    chart = bar_chart([str(b) for b in range(1, 7)],
                       {s: [r["mean_deletions"] for r in sim[s]["results"]] for s in sim},
                       "S3T deletion capability, m=5, L=6: mean requests before total failure vs budget B")
     import html as _html
-    (out / "exact.html").write_text(_page("obliviate exact-unlearning benchmark",
+    (out / "exact.html").write_text(html_page("obliviate exact-unlearning benchmark",
                                           "<h1>Exact unlearning benchmark</h1><pre>" + _html.escape(text) + "</pre>" + chart))
     print(f"wrote {out}/exact.json, exact.md, exact.html")
     return 0

@@ -168,3 +168,12 @@ def test_the_overlap_check_sees_overlaps():
     declutter(fig2)
     assert overlapping_texts(fig2) == []
     plt.close("all")
+
+
+def test_report_docstring_examples_run():
+    import doctest
+
+    from obliviate import report
+
+    result = doctest.testmod(report)
+    assert result.attempted >= 2 and result.failed == 0

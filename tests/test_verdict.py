@@ -100,3 +100,32 @@ def test_the_bench_table_fits_80_columns(kind, monkeypatch):
     row = next(line for line in lines if line.lstrip().startswith("npo_klr_muse"))
     assert "appr" in row and "0.123" in row  # one row per method, no wrapped cell
     assert "gap = avg_gap to the oracle" in " ".join(" ".join(lines).split())  # the legend (wrapped at 80)
+
+
+def test_settings_say_whether_the_defaults_are_the_papers(tmp_path):
+    """A bench records the settings it ran with; its page and the doctest-checked note say defaults are the
+    published ones, what the task suggests instead, and what --set changed."""
+    import doctest
+
+    import obliviate.verdict
+    from obliviate import api
+    from obliviate.verdict import settings_note
+
+    assert doctest.testmod(obliviate.verdict).failed == 0
+    doc = api.bench("digits", ["finetune"], "class:3", overrides={"epochs": 1}, cache_dir=str(tmp_path),
+                    executor="serial")
+    assert doc["settings"] == {"set": {"epochs": 1}, "task_suggested": {}}
+    note = settings_note(doc["settings"])
+    assert note.startswith("settings: every method at its published defaults") and note.endswith("--set epochs=1")
+    assert "with --set epochs=1" in render_bench_html(doc)
+
+
+def test_task_suggested_settings_are_listed():
+    from obliviate.tasks import task_class
+    from obliviate.verdict import settings_note
+
+    suggested = task_class("authors").method_defaults
+    name = next(iter(suggested))
+    note = settings_note({"set": {}, "task_suggested": {name: suggested[name]}})
+    assert f"this task suggests {name} " in note
+    assert settings_note({"set": {"lr": 0.5}, "task_suggested": {}}).endswith("; with --set lr=0.5")

@@ -216,6 +216,10 @@ def bench(task: str | Task, methods: list[str], forget: str | None = None, *, se
            "seeds": seed_list, "methods": methods, "runs": runs, "summary": summarize(runs),
            "reference": reference(runs, task_obj.kind)}
     doc["verdict"] = bench_verdict(doc, doc["reference"]["do_nothing_avg_gap"])
+    suggested = {name: {k: v for k, v in getattr(task_obj, "method_defaults", {}).get(name, {}).items()
+                        if hasattr(m.config, k) and k not in per_method[name]}
+                 for name, m in zip(methods, method_objs)}
+    doc["settings"] = {"set": dict(overrides or {}), "task_suggested": {m: v for m, v in suggested.items() if v}}
     return doc
 
 

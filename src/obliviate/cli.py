@@ -16,7 +16,7 @@ from obliviate.errors import ObliviateError
 from obliviate.exact.cli_s3t import s3t_app
 from obliviate.ledger.cli import ledger_app, serve
 from obliviate.metrics.gap import HEADLINE
-from obliviate.verdict import bench_verdict, reference, run_verdict
+from obliviate.verdict import bench_verdict, reference, run_verdict, settings_note
 from obliviate.atomic import check_cache_dir, check_writable
 from obliviate.report import GUARANTEE_TEXT, write_html, write_json
 
@@ -173,6 +173,8 @@ def _print_bench(doc: dict[str, Any]) -> None:
         out.print(f"challenge: NeurIPS 2023 unlearning challenge metric over {n} unlearned and {n} retrained models "
                   "per method; F = forgetting quality, score = F × (RA_U/RA_R) × (TA_U/TA_R)")
     out.print("[bold]verdict[/bold]: " + verdict["text"].replace("\n", "\n  "))
+    if "settings" in doc:
+        out.print(settings_note(doc["settings"]), markup=False)
 
 
 @app.command()

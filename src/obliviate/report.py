@@ -13,7 +13,7 @@ from typing import Any
 
 from obliviate.atomic import atomic_write
 from obliviate.metrics.gap import HEADLINE
-from obliviate.verdict import bench_verdict, reference, run_verdict
+from obliviate.verdict import bench_verdict, reference, run_verdict, settings_note
 
 GUARANTEE_TEXT = {
     "exact": "exact — the served model is distributed as one trained without the forget set (same recipe, seeds)",
@@ -241,11 +241,17 @@ def _legend_outside(ax, **kw) -> None:
                   ncol=_legend_columns(len(handles)), **kw)
 
 
-def _svg_bars(groups: list[str], series: dict[str, list[float]], title: str,
+def bar_chart(groups: list[str], series: dict[str, list[float]], title: str,
               errors: dict[str, list[float | None]] | None = None, hline: tuple[str, float] | None = None,
               ylabel: str = "") -> str:
-    """A grouped bar chart: one series per method (its colour), ± std error bars where ``errors`` has them,
-    an optional reference line (e.g. doing nothing), the legend outside the plot."""
+    """A grouped bar chart as an inline ``<svg>``: one series per method (its colour), ± std error bars where
+    ``errors`` has them, an optional reference line (e.g. doing nothing), the legend outside the plot.
+
+    >>> svg = bar_chart(["forget_acc", "test_acc"], {"original": [1.0, 0.97], "npo": [0.1, 0.95]}, "accuracies",
+    ...                 hline=("do nothing", 0.5))
+    >>> svg.startswith("<svg") and 'id="c' in svg and "series-npo-0" in svg
+    True
+    """
     plt = _plt()
     import numpy as np
 
@@ -459,7 +465,6 @@ def html_page(title: str, body: str, toc: bool = True) -> str:
             f"<style>{_CSS}</style></head><body>{body}</body></html>\n")
 
 
-_page = html_page  # kept for benchmarks/exact.py (its owner switches)
 
 
 def _run_body(r: dict[str, Any]) -> str:
@@ -482,7 +487,7 @@ def _run_body(r: dict[str, Any]) -> str:
     where = f"{r['method']} on {r['task']}, seed {r.get('seed')} — forget {r['forget']['spec']}"
     chart = ""
     if unit:
-        chart += _svg_bars(unit, {names[role]: [metrics[role].get(k) for k in unit] for role in roles},
+        chart += bar_chart(unit, {names[role]: [metrics[role].get(k) for k in unit] for role in roles},
                            f"{where}: accuracies and rates", ylabel="[0, 1]")
     if other:
         chart += _svg_panels(other, {names[role]: [metrics[role].get(k) for k in other] for role in roles},
@@ -687,16 +692,16 @@ def render_bench_html(doc: dict[str, Any]) -> str:
         errors["oracle"] = [ref.get("oracle_std", {}).get(k) if n_ref > 1 else None for k in keys]
     unit, other = split_scales(keys, *({k: v for k, v in zip(keys, vals)} for vals in series.values()))
     pick = lambda ks, d: {n: [v[keys.index(k)] for k in ks] for n, v in d.items()}  # noqa: E731
-    chart_unit = (_svg_bars(unit, pick(unit, series), f"accuracies and rates (mean ± std over {seed_text})",
+    chart_unit = (bar_chart(unit, pick(unit, series), f"accuracies and rates (mean ± std over {seed_text})",
                             errors=pick(unit, errors), ylabel="[0, 1]") if unit else "")
     chart_other = (_svg_panels(other, pick(other, series), f"divergences and other scales, one axis each "
                                f"(mean ± std over {seed_text})", errors=pick(other, errors)) if other else "")
     chart_tradeoff = _svg_scatter([(s["method"], s.get("time_ratio"), s.get("avg_gap")) for s in summary],
                                   "unlearn time ÷ oracle retrain time", "avg_gap to the oracle",
                                   "cost vs. closeness to the oracle (bottom-left is best)")
+    lines = verdict.get("text", "").splitlines() + ([settings_note(doc["settings"])] if "settings" in doc else [])
     body = (f"<h1>{html.escape(title)} <small>({seed_text})</small></h1>"
-            + "<div class='verdict'><b>Verdict.</b> " + "<br>".join(html.escape(line) for line in
-                                                                    verdict.get("text", "").splitlines()) + "</div>"
+            + "<div class='verdict'><b>Verdict.</b> " + "<br>".join(html.escape(line) for line in lines) + "</div>"
             + TOC_MARK + f"<h2 id='summary'>Summary over {seed_text}</h2>"
             f"<p>{len(doc.get('seeds', []))} seed(s): {doc.get('seeds')}; task kind {kind}. Oracle = the same recipe and "
             f"seed trained on the retain set only. Rows are means ± std over seeds; the original and the oracle are "

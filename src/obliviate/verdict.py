@@ -96,3 +96,27 @@ def run_verdict(report: dict[str, Any]) -> str | None:
                 f"(avg_gap {gap:.4f} ≥ doing nothing {noop:.4f})")
     return f"verdict: avg_gap {gap:.4f} vs doing nothing {noop:.4f} ({noop / gap:.1f}× closer to the oracle)" \
         if gap > 0 else f"verdict: equal to the oracle (doing nothing: {noop:.4f})"
+
+
+def settings_note(settings: dict[str, Any] | None) -> str:
+    """One line saying which settings the methods ran with: the published defaults unless the task suggests
+    others (``Task.method_defaults``) or the user set some (``--set``); never tuned unless the user tuned them.
+
+    >>> settings_note({"set": {}, "task_suggested": {}})[:48]
+    'settings: every method at its published defaults'
+    >>> settings_note({"set": {"lr": 0.01}, "task_suggested": {"npo": {"lr": 1e-05}}}).split("; ")[1:]
+    ['this task suggests npo lr=1e-05', 'with --set lr=0.01']
+    """
+    if settings is None:
+        return ""
+    text = ("settings: every method at its published defaults (its paper's or official code's values, "
+            "listed by `obliviate methods NAME`), not tuned here (`obliviate tune` searches for better ones)")
+    suggested = settings.get("task_suggested") or {}
+    if suggested:
+        text += "; this task suggests " + ", ".join(
+            f"{m} " + " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+            for m, values in suggested.items())
+    given = settings.get("set") or {}
+    if given:
+        text += "; with --set " + " ".join(f"{k}={v}" for k, v in given.items())
+    return text
