@@ -197,3 +197,20 @@ def test_without_relearn_nothing_changes(cli, tmp_path):
     report = json.loads(path.read_text())
     assert "relearn" not in report
     assert not {"relearn_steps", "anamnesis"} & set(report["metrics"]["unlearned"])
+
+
+def test_bench_summary_leaves_undefined_anamnesis_out_of_the_mean():
+    """An oracle already at the target (0 relearn steps) leaves the anamnesis index undefined (None) for that seed:
+    the summary averages the seeds that define it and is None, never NaN, when none does."""
+    from obliviate.api import summarize
+
+    def run(seed, anamnesis):
+        return {"method": "npo", "guarantee": "approximate", "seed": seed, "avg_gap": 0.1 * (seed + 1),
+                "metrics": {"unlearned": {"forget_acc": 0.5, "anamnesis": anamnesis}},
+                "time_s": {"unlearn": 1.0, "oracle": 10.0}}
+
+    row = summarize([run(0, None), run(1, 0.5), run(2, 1.5)])[0]
+    assert row["anamnesis"] == 1.0 and row["anamnesis_std"] == 0.5
+    assert abs(row["avg_gap"] - 0.2) < 1e-12
+    row = summarize([run(0, None), run(1, None)])[0]
+    assert row["anamnesis"] is None and row["anamnesis_std"] is None

@@ -229,12 +229,11 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for name in dict.fromkeys(r["method"] for r in runs):
         rs = [r for r in runs if r["method"] == name]
         row: dict[str, Any] = {"method": name, "guarantee": rs[0]["guarantee"], "n_seeds": len(rs)}
-        for key in rs[0]["metrics"]["unlearned"]:
-            vals = np.array([r["metrics"]["unlearned"][key] for r in rs], float)
-            row[key] = float(vals.mean())
-            row[f"{key}_std"] = float(vals.std())
-        for key in ("avg_gap",):
-            vals = np.array([r[key] for r in rs if r[key] is not None], float)
+        # a value a run could not define (None: the anamnesis index when the oracle relearns in 0 steps) is left
+        # out of the mean; a key no run defines is None, never NaN
+        columns = [(key, [r["metrics"]["unlearned"].get(key) for r in rs]) for key in rs[0]["metrics"]["unlearned"]]
+        for key, values in columns + [("avg_gap", [r["avg_gap"] for r in rs])]:
+            vals = np.array([v for v in values if v is not None], float)
             row[key] = float(vals.mean()) if vals.size else None
             row[f"{key}_std"] = float(vals.std()) if vals.size else None
         if all("challenge" in r for r in rs):

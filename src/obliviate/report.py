@@ -178,22 +178,22 @@ def _spread_xticks(fig, ax, renderer) -> bool:
     if angle == 0:
         if max(t.get_window_extent(renderer).width for t in labels) + 2 <= gap:
             return False
-        ax.tick_params(axis="x", labelrotation=30)
-        for t in labels:
-            t.set_horizontalalignment("right")
-            t.set_rotation_mode("anchor")
-        return True
+        return _turn(ax, labels, 30, "right", "anchor")
     if angle < 90:
         if gap * np.sin(np.radians(angle)) >= line:
             return False
-        ax.tick_params(axis="x", labelrotation=90)
-        for t in labels:
-            t.set_horizontalalignment("center")
-            t.set_rotation_mode("default")
-        return True
+        return _turn(ax, labels, 90, "center", "default")
     if gap >= line:
         return False
     fig.set_figwidth(fig.get_figwidth() * min(4.0, 1.05 * line / gap))
+    return True
+
+
+def _turn(ax, labels, angle: float, ha: str, mode: str) -> bool:
+    ax.tick_params(axis="x", labelrotation=angle)
+    for t in labels:
+        t.set_horizontalalignment(ha)
+        t.set_rotation_mode(mode)
     return True
 
 
