@@ -16,6 +16,7 @@ from obliviate.errors import ConfigError, ObliviateError
 from obliviate.requests import resolve
 
 from conftest import TINY_AUTHORS, TINY_LM_TRAIN
+from doc_keys import check_documented
 
 FORGET = "subjects:2"
 GA = {"lr": 3e-3, "epochs": 3, "batch_size": 8}
@@ -68,6 +69,7 @@ def test_document_schema_and_keys(ga_doc, tmp_path):
 
     assert TOP_KEYS <= set(ga_doc)
     assert ga_doc["schema"] == AUDIT_SCHEMA == "obliviate.audit/1"
+    check_documented(ga_doc, "obliviate.audit/1")
     assert (ga_doc["task"], ga_doc["task_kind"], ga_doc["method"]) == ("authors", "language", "gradient_ascent")
     assert ga_doc["guarantee"] == "approximate" and ga_doc["verdict"] in ("removal-like", "suppression-like")
     assert ga_doc["forget"]["spec"] == FORGET and ga_doc["forget"]["n"] == 2 and ga_doc["retain"]["n"] == 10

@@ -1,4 +1,4 @@
-"""Certified removal (Guo et al. 2020; methods.md §16): the certificate's arithmetic, the Newton step against
+"""Certified removal (Guo et al., ICML 2020): the certificate's arithmetic, the Newton step against
 retraining, the residual bound against the measured residual, the budget and its retrain, persistence, and the
 refusals (non-convex model, regression)."""
 from __future__ import annotations
@@ -101,7 +101,7 @@ def test_ridge_system_with_no_noise_removes_exactly():
 
 
 def test_logistic_newton_step_matches_retraining_and_the_bound_holds(bc, bc_system):
-    """methods.md §16 sanity check: on L2-regularised logistic regression the Newton step matches retraining to
+    """The paper's sanity check: on L2-regularised logistic regression the Newton step matches retraining to
     ~1e-3 relative error, and the measured gradient residual stays within the data-dependent bound."""
     system = bc_system.copy()
     w0 = system.state["weight"].clone()

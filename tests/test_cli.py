@@ -1,4 +1,4 @@
-"""End-to-end tests of the ``obliviate`` command line (DESIGN.md "Command line" and "JSON report").
+"""End-to-end tests of the ``obliviate`` command line (README "Command line"; docs/report-formats.md).
 
 All runs use the same small recipes as tests/test_methods.py (digits: 8 epochs, friedman: 10 epochs) so the
 session's model cache trains each original and oracle once.
@@ -36,7 +36,7 @@ def _metrics_schema(kind: str) -> dict:
 
 
 def run_schema(kind: str = "classification", oracle: bool = True) -> dict:
-    """JSON schema of an ``obliviate.run/1`` report, written from DESIGN.md's "JSON report" section."""
+    """JSON schema of an ``obliviate.run/1`` report, written from docs/report-formats.md."""
     roles = ["original", "unlearned"] + (["oracle"] if oracle else [])
     return {
         "type": "object",
@@ -440,7 +440,7 @@ def test_bad_input_in_a_real_process(cli_subprocess, tmp_path, args, names):
 @pytest.mark.slow
 def test_diverging_method_does_not_crash_with_a_traceback(cli_subprocess, tmp_path):
     """gradient_ascent with a large lr on friedman drives the regressor to NaN; the run must still end with a
-    report (NaN metrics become null) or a one-line error, never a traceback (DESIGN.md, Conventions)."""
+    report (NaN metrics become null) or a one-line error, never a traceback."""
     out = tmp_path / "d.json"
     rc, stdout, stderr = cli_subprocess("run", *FRIEDMAN, "--method", "gradient_ascent", "--forget", "target>=20",
                                         "--set", "lr=0.01", "--json", out, "--quiet", cwd=tmp_path)

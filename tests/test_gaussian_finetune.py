@@ -1,4 +1,4 @@
-"""Gaussian fine-tuning (Deep Regression Unlearning's "Gaussian amnesiac" baseline, methods.md §19): the
+"""Gaussian fine-tuning (Deep Regression Unlearning's "Gaussian amnesiac" baseline, Tarun et al., ICML 2023): the
 replacement targets' distribution and seeding, which data μ and σ come from, and the friedman cohort."""
 from __future__ import annotations
 

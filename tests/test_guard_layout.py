@@ -23,6 +23,7 @@ from obliviate.metrics.language import eval_qa, knowmem_prompts
 from obliviate.tasks.text import QA_PROMPT
 
 from test_audit_hf import build_world, cli_sets
+from doc_keys import check_documented
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -118,6 +119,7 @@ def test_saved_guard_reloads_to_the_same_decisions_and_generations(guard, setup,
     meta = json.loads((tmp_path / "guard.json").read_text())
     assert meta["format"] == "obliviate.guard/1" and meta["tensors"]["sha256"] == sha256_file(
         tmp_path / "guard.safetensors")
+    check_documented(meta, "obliviate.guard/1")
     assert meta["base_weights"] == {"model.safetensors": sha256_file(tmp_path / "model.safetensors")}
     assert not [f for f in os.listdir(tmp_path) if f.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle"))]
 

@@ -1,4 +1,4 @@
-"""IAU (methods.md §17): the paper's gradient step, the official one-Adam-step variant, and the
+"""IAU (Liu et al. 2025, arXiv 2507.23257): the paper's gradient step, the official one-Adam-step variant, and the
 gradient-restriction regulariser of the training loop."""
 from __future__ import annotations
 

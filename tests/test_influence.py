@@ -1,4 +1,4 @@
-"""Influence-function unlearning (methods.md §15): the solvers against an exact solve, the Newton step against
+"""Influence-function unlearning (Koh & Liang, ICML 2017): the solvers against an exact solve, the Newton step against
 retraining on a quadratic problem, the registry entry, and the errors for non-convergence and non-convexity."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""l1-sparse (methods.md §11): fine-tune on the retain set + α_t‖θ‖₁ with α_t decaying per epoch."""
+"""l1-sparse (Jia et al., NeurIPS 2023): fine-tune on the retain set + α_t‖θ‖₁ with α_t decaying per epoch."""
 from __future__ import annotations
 
 from types import SimpleNamespace

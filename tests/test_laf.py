@@ -1,4 +1,4 @@
-"""LAF and LAF+R (methods.md §20): label-free unlearning through the public API, the losses on
+"""LAF and LAF+R (Shen et al., ICLR 2024): label-free unlearning through the public API, the losses on
 hand-computable inputs, the model split, class removal on digits, the supervised repair, configs.
 
 Measured on digits ``class:3`` (seed 0, train epochs 8; CPU), forget_acc / retain_acc / test_acc:

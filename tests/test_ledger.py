@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from obliviate.ledger.chain import GENESIS, canonical, check_chain, entry_hash
 from obliviate.ledger.schema import Base
 from obliviate.ledger.store import ConflictError, Ledger, LedgerError, NotFound, sha256_text, sqlite_url
+from doc_keys import check_documented
 
 DEP = "digits"
 
@@ -518,6 +519,7 @@ def test_pending_ids_purged_and_export_has_evidence_only(ledger):
     assert fetch(ledger, "SELECT count(*) AS n FROM deletion_requests WHERE pending_ids IS NOT NULL") == [{"n": 0}]
 
     export = ledger.export()
+    check_documented(export, "obliviate.ledger-export/1")
 
     def keys(obj):
         if isinstance(obj, dict):

@@ -1,4 +1,4 @@
-"""Hand-computed checks of the pure MUSE / TOFU metric functions (evaluation.md §9-§11)."""
+"""Hand-computed checks of the pure MUSE / TOFU metric functions (Shi et al., MUSE, ICLR 2025; Maini et al., TOFU, 2024)."""
 from __future__ import annotations
 
 import importlib.util

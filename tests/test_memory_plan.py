@@ -18,6 +18,7 @@ from obliviate.methods.rmu import RMU, RMUConfig, layer_and_params
 from obliviate.methods.task_vector import TaskVector, TaskVectorConfig
 from obliviate.models.tiny_hf import save_tiny_dir, tiny_causal_lm
 from obliviate.tasks import get_task
+from doc_keys import check_documented
 
 FORGET = ["Ada Stone was born in Lyon in 1931.", "Ada Stone wrote the novel Grey Harbour."]
 RETAIN = ["Cara Lee won the Moss Prize in 1950.", "Dan Fox was a painter in Porto."]
@@ -256,6 +257,7 @@ def test_plan_prints_a_table(world, cli, monkeypatch, tmp_path):
     assert "fits" in out and "does not fit" not in out
     doc = json.loads(out_json.read_text())
     assert doc["schema"] == "obliviate.plan/1" and doc["fits"] is True and doc["total"] > 0
+    check_documented(doc, "obliviate.plan/1")
     monkeypatch.setenv("OBLIVIATE_DEVICE_MEMORY", "1KB")
     rc, out, _ = cli("plan", "--task", "hf", *_sets(world), "--method", "npo")
     assert rc == 0 and "does not fit" in out and "grad_checkpointing=true" in out

@@ -1,4 +1,4 @@
-"""Relearn time and the anamnesis index (evaluation.md §5, §7.3; obliviate.metrics.relearn) on controlled
+"""Relearn time and the anamnesis index (Golatkar et al. 2020; the anamnesis index of Chundawat et al. 2023; obliviate.metrics.relearn) on controlled
 models, and the ``--relearn`` flag of ``run`` and ``bench``."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""obliviate.requests.resolve: every forget-spec form of DESIGN.md and the errors a user can cause."""
+"""obliviate.requests.resolve: every forget-spec form of the README and the errors a user can cause."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""S3T sequence selection (methods.md §3 "Sequence selection"): cyclic, bms, prior, random.
+"""S3T sequence selection (Chowdhury et al., ICLR 2025, "Sequence selection"): cyclic, bms, prior, random.
 
 Expected outputs marked "official" were produced by the official S3T code (brcsomnath/S3T, commit 3ecb73b:
 ``get_cyclic`` of src/sequence_selection.py, ``bms`` of src/inference.py, ``bms_selection`` of

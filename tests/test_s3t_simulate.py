@@ -1,5 +1,5 @@
-"""S3T deletion-capability simulator (methods.md §3, official src/deletion.py ``s3t()``) and
-``obliviate s3t simulate`` (DESIGN.md, schema ``obliviate.s3t-simulate/1``).
+"""S3T deletion-capability simulator (Chowdhury et al., ICLR 2025; official brcsomnath/S3T src/deletion.py ``s3t()``) and
+``obliviate s3t simulate`` (schema ``obliviate.s3t-simulate/1``, docs/report-formats.md).
 
 Tolerances on simulated means are 5 standard errors (std / sqrt(trials)) around a mean derived by hand; the
 simulator is seeded, so these are fixed numbers, but the bound is what any seed should meet.

@@ -19,6 +19,8 @@ from obliviate.ledger.deployment import ModelManager, deployment_config, read_me
 from obliviate.ledger.store import Ledger
 from obliviate.requests import ids_sha256
 
+from doc_keys import check_documented
+
 FAST_SISA = {"method_config": {"shards": 2, "slices": 2}, "verify_oracle": False}
 FINETUNE = {"name": "ft", "method": "finetune", "method_config": {"epochs": 2}, "retrain_every": 0}
 
@@ -116,6 +118,14 @@ def test_retired_versions_are_purged_they_still_hold_the_deleted_data(sisa):
     sisa.worker.run_until_idle()
     assert not Path(first["path"]).exists()
     assert Path(sisa.ledger.serving("digits")["path"]).exists()
+
+
+def test_version_files_carry_the_documented_metadata(sisa):
+    submit(sisa, [1, 2], key="meta")
+    sisa.worker.run_until_idle()
+    meta = json.loads(read_metadata(Path(sisa.ledger.serving("digits")["path"]).read_bytes())["obliviate"])
+    check_documented(meta, "obliviate.version/1")
+    assert meta["format"] == "obliviate.version/1" and meta["kind"] == "system" and 1 in meta["deleted"]
 
 
 def test_crash_after_claim_requeues_and_applies_exactly_once(sisa):

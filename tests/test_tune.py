@@ -11,6 +11,7 @@ import obliviate
 from obliviate.config import build_config, split_overrides
 from obliviate.errors import ConfigError
 from obliviate.tune import declared_space, tune
+from doc_keys import check_documented
 
 FAST = ["--set", "train.epochs=8"]  # the digits recipe of the other tests (shared session cache)
 SEARCH = dict(trials=3, budget=100.0, seed=0, test_seeds=[1], overrides={"train.epochs": "8"})
@@ -108,6 +109,7 @@ def test_tune_json_is_reusable_as_set_at_file(cli, tmp_path, cache_dir):
     assert rc == 0, err
     doc = json.loads(out.read_text())
     assert doc["schema"] == "obliviate.tune/1"
+    check_documented(doc, "obliviate.tune/1")
     report = tmp_path / "run.json"
     rc, _, err = cli("run", "--task", "digits", "--method", "gradient_ascent", "--set", f"@{out}",
                      "--json", report, "--quiet")

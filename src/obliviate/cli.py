@@ -660,6 +660,26 @@ def methods_cmd(name: Optional[str] = typer.Argument(None, help="one method: its
     out.print(t)
 
 
+@app.command("metrics")
+def metrics_cmd(kind: Optional[str] = typer.Option(None, "--kind", help="classification, regression or language"),
+                as_json: bool = typer.Option(False, "--json", help="machine-readable listing")) -> None:
+    """List the metrics a report holds per task kind: headline ones (averaged into avg_gap) first, with what a
+    good value is close to and the unit."""
+    from obliviate.metrics import list_metrics
+
+    rows = list_metrics(kind)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for k in dict.fromkeys(r["kind"] for r in rows):
+        t = Table(title=f"{k} metrics (* = headline: in avg_gap)")
+        for col in ("name", "close to", "unit", "meaning"):
+            t.add_column(col, no_wrap=col == "name", overflow="fold")
+        for r in (r for r in rows if r["kind"] == k):
+            t.add_row(r["name"] + (" *" if r["headline"] else ""), r["target"], r["unit"], r["help"])
+        out.print(t)
+
+
 def _fmt_narrow(v: Any) -> str:
     """3 decimals, or 1 for values of 10 and more (PrivLeak's percentages)."""
     if isinstance(v, float):

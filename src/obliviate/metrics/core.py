@@ -23,6 +23,7 @@ class Metric:
     fn: Callable[..., float]
     help: str = ""
     target: str = "oracle"  # what a good value is close to
+    unit: str = "fraction"  # of the value: "fraction" (in [0, 1]), "percent", "nats", "L2", "target units"
 
 
 METRICS: dict[tuple[str, str], Metric] = {}  # (kind, name) -> metric
@@ -43,10 +44,11 @@ def per_example_for(kind: str):
     return deco
 
 
-def metric(name: str, kinds: tuple[str, ...], needs: tuple[str, ...], help: str = "", target: str = "oracle"):
+def metric(name: str, kinds: tuple[str, ...], needs: tuple[str, ...], help: str = "", target: str = "oracle",
+           unit: str = "fraction"):
     def deco(fn):
         for kind in kinds:
-            METRICS[(kind, name)] = Metric(name, kinds, needs, fn, help, target)
+            METRICS[(kind, name)] = Metric(name, kinds, needs, fn, help, target, unit)
         return fn
     return deco
 
@@ -223,17 +225,17 @@ def _test_acc_remaining(t, classes):
     return C.accuracy(t.pred[mask], t.y[mask]) if classes.size and mask.any() else None
 
 
-@metric("forget_mae", _REG, ("forget",), "mean absolute error on the forget set")
+@metric("forget_mae", _REG, ("forget",), "mean absolute error on the forget set", unit="target units")
 def _forget_mae(f):
     return R.mae(f.pred, f.y)
 
 
-@metric("retain_mae", _REG, ("retain",), "mean absolute error on the retain set")
+@metric("retain_mae", _REG, ("retain",), "mean absolute error on the retain set", unit="target units")
 def _retain_mae(r):
     return R.mae(r.pred, r.y)
 
 
-@metric("test_mae", _REG, ("test",), "mean absolute error on the test set")
+@metric("test_mae", _REG, ("test",), "mean absolute error on the test set", unit="target units")
 def _test_mae(t):
     return R.mae(t.pred, t.y)
 
@@ -246,13 +248,13 @@ def _mia_reg(shadow, f):
 # -- measured against the oracle (Bad Teacher's JS / ZRF; Deep Regression Unlearning for regression) ----------------------------------------
 
 @metric("js_to_oracle", _CLS, ("forget", "reference_forget"),
-        "mean Jensen–Shannon divergence (nats) between the model's and the oracle's softmax on the forget set")
+        "mean Jensen–Shannon divergence (nats) between the model's and the oracle's softmax on the forget set", unit="nats")
 def _js_to_oracle(f, ref):
     return float(C.js_divergence(f.probs, ref.probs).mean())
 
 
 @metric("activation_distance", _CLS, ("forget", "reference_forget"),
-        "mean L2 distance between the model's and the oracle's softmax on the forget set (Bad Teacher)")
+        "mean L2 distance between the model's and the oracle's softmax on the forget set (Bad Teacher)", unit="L2")
 def _activation_distance(f, ref):
     return float(np.linalg.norm(f.probs - ref.probs, axis=1).mean())
 
@@ -264,7 +266,7 @@ def _zrf(f, incompetent):
 
 
 @metric("wasserstein_to_oracle", _REG, ("forget", "reference_forget"),
-        "Wasserstein-1 distance between the model's and the oracle's predictions on the forget set (DRU)")
+        "Wasserstein-1 distance between the model's and the oracle's predictions on the forget set (DRU)", unit="target units")
 def _wasserstein_to_oracle(f, ref):
     from scipy.stats import wasserstein_distance
 

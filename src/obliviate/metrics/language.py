@@ -390,7 +390,7 @@ def _auc(auc):
 
 @metric("privleak", _LM, ("lm_auc", "lm_privleak_reference"),
         "MUSE PrivLeak (%): (AUC − AUC_oracle)/AUC_oracle × 100 (without an oracle: MUSE's published retrain AUC "
-        "on muse, else 0.5); 0 ideal, −100 memorised, > 0 over-unlearned")
+        "on muse, else 0.5); 0 ideal, −100 memorised, > 0 over-unlearned", unit="percent")
 def _privleak(auc, ref):
     return muse.privleak(auc, ref)
 
@@ -530,7 +530,7 @@ ARTIFACTS["lm_privleak_ou_reference"] = _privleak_ou_reference
 
 @metric("privleak_ou", _LM, ("lm_mia", "lm_privleak_ou_reference"),
         "PrivLeak as OpenUnlearning computes it (Min-40 % AUC without the EOS, 1e-10 in the denominator, "
-        "reference 0.5 without an oracle); same sign convention as privleak")
+        "reference 0.5 without an oracle); same sign convention as privleak", unit="percent")
 def _privleak_ou(m, ref_auc_ou):
     return muse.privleak_ou(_lm_mia().auc_ou(m["forget"]["min_k"], m["holdout"]["min_k"]), ref_auc_ou)
 
