@@ -184,7 +184,7 @@ def skeleton(model_config) -> torch.nn.Module:
 
 
 def lora_sizes(model: torch.nn.Module, targets, r: int) -> list[int]:
-    """Sizes of the LoRA A and B matrices peft adds for ``targets`` (``_lora_targets``' answer: module names
+    """Sizes of the LoRA A and B matrices peft adds for ``targets`` (``lora_targets``' answer: module names
     matched as peft does, by full name or ``.name`` suffix, or ``all-linear``: every Linear / GPT-2 Conv1D but
     the output layer): r·in and r·out per adapted module."""
     from transformers.pytorch_utils import Conv1D
@@ -212,7 +212,7 @@ def lora_sizes(model: torch.nn.Module, targets, r: int) -> list[int]:
 def _trainable(model, name: str, cfg, profile: _Profile) -> tuple[list[int], bool, int | None]:
     """(sizes of the trainable tensors, whether they are LoRA adapters, for RMU the number of blocks that keep
     activations: from the first trained block to the steered one; earlier blocks see no trainable input)."""
-    from obliviate.methods._lm import _lora_targets
+    from obliviate.methods._lm import lora_targets
 
     lora = cfg.lora_r > 0
     if profile.rmu:
@@ -228,7 +228,7 @@ def _trainable(model, name: str, cfg, profile: _Profile) -> tuple[list[int], boo
             return lora_sizes(model, modules, cfg.lora_r), True, layer - first + 1
         return [params[n].numel() for n in names], False, layer - first + 1
     if lora:
-        return lora_sizes(model, _lora_targets(model, cfg.lora_targets), cfg.lora_r), True, None
+        return lora_sizes(model, lora_targets(model, cfg.lora_targets), cfg.lora_r), True, None
     return [p.numel() for p in model.parameters()], False, None
 
 

@@ -174,7 +174,7 @@ def _has_conv1d(model) -> bool:
     return any(isinstance(m, Conv1D) for m in model.modules())
 
 
-def _lora_targets(model, spec: str):
+def lora_targets(model, spec: str):
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
 
     if spec == "auto":
@@ -199,7 +199,7 @@ def wrap_lora(model, cfg: LoRAFields, gen: torch.Generator, targets=None):
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=targets if targets is not None else _lora_targets(model, cfg.lora_targets),
+                        target_modules=targets if targets is not None else lora_targets(model, cfg.lora_targets),
                         fan_in_fan_out=_has_conv1d(model), task_type="CAUSAL_LM")
     seed = int(torch.randint(2 ** 62, (1,), generator=gen))
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
