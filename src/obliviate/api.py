@@ -224,7 +224,7 @@ def bench(task: str | Task, methods: list[str], forget: str | None = None, *, se
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per method: mean and std over seeds of every unlearned metric, gap, avg_gap and time ratio."""
+    """Per method: mean and std over seeds of every unlearned metric and avg_gap; mean unlearning time and ratio."""
     out = []
     for name in dict.fromkeys(r["method"] for r in runs):
         rs = [r for r in runs if r["method"] == name]

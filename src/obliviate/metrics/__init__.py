@@ -8,7 +8,7 @@ from obliviate.metrics.gap import HEADLINE, avg_gap, gaps
 from obliviate.metrics.mia import regression_mia, svc_mia_efficacy
 from obliviate.metrics.regression import mae
 
-KINDS = ("classification", "regression", "language")
+KINDS = tuple(HEADLINE)  # the task kinds, in the order listings show them
 
 #: what a value closer to ``target`` means, in words (a metric's ``target`` field)
 TARGETS = {"oracle": "the retrain oracle's value", "original": "the original's value (utility to keep)",
